@@ -1,0 +1,262 @@
+"""The `finetuned` command line: the edge where settings are built from the environment and logging is configured."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from daemon import logs
+from daemon.config import Settings
+from daemon.errors import StartupError
+from daemon.files import atomic_write_bytes, fsync_dir
+from daemon.intake import CANCEL_DIR
+from daemon.spool import is_candidate
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All commands and their options."""
+    parser = argparse.ArgumentParser(prog="finetuned", description="The fine-tune daemon.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    spool = argparse.ArgumentParser(add_help=False)
+    spool.add_argument("--inbox", type=Path, help="spec drop folder (env FINETUNED_INBOX, default ./inbox)")
+    spool.add_argument("--outbox", type=Path, help="results folder (env FINETUNED_OUTBOX, default ./outbox)")
+    spool.add_argument("--state-dir", type=Path, help="state folder (env FINETUNED_STATE_DIR, default ./state)")
+    spool.add_argument("--env-file", type=Path, help="read variables from this file (default: ./.env if present)")
+
+    run = commands.add_parser("run", parents=[spool], help="run the daemon in the foreground")
+    run.add_argument(
+        "--once", action="store_true", help="process what is there, resume unfinished jobs, exit when idle"
+    )
+    run.add_argument(
+        "--sandbox", action="store_true", help="start the built-in Together-compatible sandbox and use it (offline)"
+    )
+    run.add_argument("--sandbox-speed", type=float, default=200.0, help="sandbox clock compression (default 200)")
+
+    submit = commands.add_parser("submit", parents=[spool], help="deliver a spec into the inbox atomically")
+    submit.add_argument("spec", type=Path)
+
+    status = commands.add_parser("status", parents=[spool], help="show jobs (all, or one)")
+    status.add_argument("job", nargs="?")
+    status.add_argument("--json", action="store_true", help="print status documents as JSON")
+
+    check = commands.add_parser("check", parents=[spool], help="validate a spec and its dataset offline")
+    check.add_argument("spec", type=Path)
+
+    cancel = commands.add_parser("cancel", parents=[spool], help="cancel a job (and its remote fine-tune)")
+    cancel.add_argument("job")
+
+    score = commands.add_parser("score", help="score predictions with the official CoQA scorer's semantics")
+    score.add_argument("--data", type=Path, required=True, help="CoQA data file (original json format)")
+    score.add_argument("--pred", type=Path, required=True, help="predictions: a JSON list of {id, turn_id, answer}")
+
+    sandbox = commands.add_parser("sandbox", help="serve the Together-compatible sandbox API on loopback")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--speed", type=float, default=60.0, help="clock compression for fine-tune jobs")
+    sandbox.add_argument("--latency-ms", default="0", help="chat latency: '50' or a range '20-80'")
+    sandbox.add_argument("--fault-rate", type=float, default=0.0, help="share of API requests answered 429/5xx")
+    sandbox.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def load_environment(env_file: Path | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The process environment over the env file (variables already set win, as with python-dotenv)."""
+    path = env_file if env_file is not None else Path(".env")
+    if env_file is not None and not env_file.is_file():
+        raise StartupError(f"--env-file {env_file}: no such file")
+    values = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+    return {**values, **environ}
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Settings from flags over environment over defaults."""
+    env = load_environment(getattr(args, "env_file", None), environ)
+    return Settings.from_env(env, inbox=args.inbox, outbox=args.outbox, state_dir=args.state_dir)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ if environ is None else environ)
+    try:
+        return _dispatch(args, env)
+    except StartupError as exc:
+        print(f"finetuned: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
+    if args.command == "score":
+        return cmd_score(args)
+    if args.command == "sandbox":
+        return cmd_sandbox(args)
+    settings = settings_from(args, env)
+    commands = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "check": cmd_check, "cancel": cmd_cancel}
+    return commands[args.command](args, settings)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """`finetuned run`: the daemon."""
+    logs.configure(settings.log_level)
+    logs.REDACTOR.add(*settings.secrets())
+    return asyncio.run(_run(settings, once=args.once, sandbox=args.sandbox, sandbox_speed=args.sandbox_speed))
+
+
+async def _run(settings: Settings, *, once: bool, sandbox: bool, sandbox_speed: float) -> int:
+    from daemon.pipeline import STEPS
+    from daemon.remote import TogetherAPI
+    from daemon.sandbox import start_sandbox
+    from daemon.service import Service
+
+    handle = await start_sandbox(speed=sandbox_speed) if sandbox else None
+    try:
+        if handle is not None:
+            settings = _point_at_sandbox(settings, handle.base_url)
+        remote = TogetherAPI(settings) if settings.together_api_key else None
+        try:
+            return await Service(settings, STEPS, remote=remote, once=once).run()
+        finally:
+            if remote is not None:
+                await remote.close()
+    finally:
+        if handle is not None:
+            await handle.close()
+
+
+def _point_at_sandbox(settings: Settings, base_url: str) -> Settings:
+    import dataclasses
+
+    import structlog
+
+    structlog.get_logger().warning(
+        "sandbox_in_use", base_url=base_url, note="answers and fine-tunes are simulated; reports say so"
+    )
+    return dataclasses.replace(settings, together_base_url=base_url, together_api_key="sandbox-key")
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    """`finetuned submit SPEC`: write a hidden temp file in the inbox, fsync, rename into place."""
+    source: Path = args.spec
+    if not source.is_file():
+        print(f"finetuned: {source}: no such file", file=sys.stderr)
+        return 1
+    settings.inbox.mkdir(parents=True, exist_ok=True)
+    target = settings.inbox / source.name
+    counter = 1
+    while target.exists():
+        target = settings.inbox / f"{source.stem}.{counter}{source.suffix}"
+        counter += 1
+    tmp = settings.inbox / f".{target.name}.tmp"
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.rename(tmp, target)
+    fsync_dir(settings.inbox)
+    print(f"submitted {source} as {target}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """`finetuned status [JOB] [--json]`: read the status.json files of the outbox."""
+    documents = read_statuses(settings.outbox)
+    if args.job:
+        documents = [d for d in documents if d.get("job_id") == args.job]
+        if not documents:
+            print(f"finetuned: no job {args.job!r} in {settings.outbox}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(documents[0] if args.job else documents, indent=2))
+        return 0
+    for document in documents:
+        print(_status_line(document))
+        if args.job:
+            print(json.dumps(document, indent=2))
+    if not documents:
+        print(f"no jobs in {settings.outbox}")
+    return 0
+
+
+def read_statuses(outbox: Path) -> list[dict[str, Any]]:
+    """Every job's status.json, oldest first."""
+    documents = []
+    for path in sorted(outbox.glob("*/status.json")):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(documents, key=lambda d: str(d.get("created_at") or ""))
+
+
+def _status_line(document: dict[str, Any]) -> str:
+    status = str(document.get("status", "?"))
+    step = document.get("step") or ""
+    progress = document.get("progress")
+    extra = f" {json.dumps(progress, separators=(',', ':'))}" if progress else ""
+    error = document.get("error")
+    reason = f"  {error.get('type')}: {str(error.get('message'))[:160]}" if isinstance(error, dict) else ""
+    return f"{document.get('job_id', '?'):<48} {status:<10} {step:<9}{extra}{reason}"
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """`finetuned check SPEC`: spec, dataset and validation, offline."""
+    from daemon.check import check_spec
+
+    logs.configure(settings.log_level, stream=sys.stderr)
+    return int(check_spec(args.spec, settings, sys.stdout))
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """`finetuned cancel JOB`: leave a request the daemon acts on (it is the only writer of state)."""
+    job_id: str = args.job
+    if not JOB_ID_PATTERN.match(job_id) or not is_candidate(job_id):
+        print(f"finetuned: {job_id!r} is not a job id", file=sys.stderr)
+        return 1
+    status = settings.outbox / job_id / "status.json"
+    if not status.is_file():
+        print(f"finetuned: no job {job_id!r} in {settings.outbox}", file=sys.stderr)
+        return 1
+    folder = settings.state_dir / CANCEL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / job_id, b"")
+    print(f"cancel requested for {job_id}; the daemon acts on it within seconds (or at its next start)")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`finetuned score --data --pred`: print the official scorer's JSON structure."""
+    from daemon.scoring import score_files
+
+    print(json.dumps(score_files(args.data, args.pred), indent=2))
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """`finetuned sandbox`: serve until interrupted."""
+    from daemon.sandbox import serve_sandbox
+
+    logs.configure("info")
+    asyncio.run(
+        serve_sandbox(
+            args.host,
+            args.port,
+            speed=args.speed,
+            latency_ms=args.latency_ms,
+            fault_rate=args.fault_rate,
+            seed=args.seed,
+        )
+    )
+    return 0

@@ -1,0 +1,117 @@
+"""Settings: built once at the edge (the CLI) from the environment and passed down; the only reader of env vars."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.errors import StartupError
+
+# The variables a user sets (and `.env.example` lists, exactly): name -> (field, help).
+USER_VARIABLES: dict[str, str] = {
+    "FINETUNED_INBOX": "inbox",
+    "FINETUNED_OUTBOX": "outbox",
+    "FINETUNED_STATE_DIR": "state_dir",
+    "FINETUNED_MAX_CONCURRENT_JOBS": "max_concurrent_jobs",
+    "FINETUNED_MAX_STEP_ATTEMPTS": "max_step_attempts",
+    "FINETUNED_RECONCILE_INTERVAL_S": "reconcile_interval_s",
+    "FINETUNED_SETTLE_S": "settle_s",
+    "FINETUNED_MAX_SPEC_BYTES": "max_spec_bytes",
+    "FINETUNED_SHUTDOWN_GRACE_S": "shutdown_grace_s",
+    "FINETUNED_POLL_MIN_S": "poll_min_s",
+    "FINETUNED_POLL_MAX_S": "poll_max_s",
+    "FINETUNED_PAUSE_PROBE_S": "pause_probe_s",
+    "FINETUNED_REQUEST_TIMEOUT_S": "request_timeout_s",
+    "FINETUNED_STATUS_HOST": "status_host",
+    "FINETUNED_STATUS_PORT": "status_port",
+    "FINETUNED_LOG_LEVEL": "log_level",
+    "FINETUNED_CRASH_AT": "crash_at",
+    "TOGETHER_API_KEY": "together_api_key",
+    "TOGETHER_BASE_URL": "together_base_url",
+}
+
+# Set by systemd, not by users; read here so that nothing else touches os.environ.
+SYSTEMD_VARIABLES: dict[str, str] = {
+    "NOTIFY_SOCKET": "notify_socket",
+    "WATCHDOG_USEC": "watchdog_usec",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one daemon; durations in seconds, sizes in bytes."""
+
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    state_dir: Path = Path("state")
+    max_concurrent_jobs: int = 4
+    max_step_attempts: int = 3
+    reconcile_interval_s: float = 60.0
+    settle_s: float = 30.0
+    max_spec_bytes: int = 1024 * 1024
+    shutdown_grace_s: float = 20.0
+    poll_min_s: float = 30.0
+    poll_max_s: float = 600.0
+    pause_probe_s: float = 60.0
+    request_timeout_s: float = 60.0
+    status_host: str = "127.0.0.1"
+    status_port: int = 0
+    log_level: str = "info"
+    crash_at: str = ""
+    together_api_key: str | None = dataclasses.field(default=None, repr=False)
+    together_base_url: str | None = None
+    notify_socket: str | None = None
+    watchdog_usec: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
+        """Build settings: explicit overrides (CLI flags) win over env vars, which win over defaults."""
+        values: dict[str, object] = {}
+        for var, field in {**USER_VARIABLES, **SYSTEMD_VARIABLES}.items():
+            raw = environ.get(var, "").strip()
+            if raw:
+                values[field] = _convert(var, field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Per-job working folders (claimed specs, scratch files) live here."""
+        return self.state_dir / "jobs"
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite state database."""
+        return self.state_dir / "state.db"
+
+    @property
+    def lock_path(self) -> Path:
+        """The single-instance lock file."""
+        return self.state_dir / "finetuned.lock"
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in logs, outbox files, status output or errors."""
+        return [s for s in (self.together_api_key,) if s]
+
+
+def _convert(var: str, field: str, raw: str) -> object:
+    kind = {
+        "inbox": Path,
+        "outbox": Path,
+        "state_dir": Path,
+        "max_concurrent_jobs": int,
+        "max_step_attempts": int,
+        "max_spec_bytes": int,
+        "status_port": int,
+        "watchdog_usec": int,
+    }.get(field)
+    if kind is None and field.endswith("_s"):
+        kind = float
+    try:
+        return kind(raw) if kind is not None else raw
+    except ValueError as exc:
+        raise StartupError(
+            f"environment variable {var}={raw!r} is not a valid {kind.__name__ if kind else 'value'}"
+        ) from exc

@@ -1,0 +1,44 @@
+"""Crash-atomic file writes for everything users read (outbox files, status.json): temp file, fsync, rename."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Atomically write `value` as pretty JSON (UTF-8, trailing newline)."""
+    atomic_write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode())
+
+
+async def write_json(path: Path, value: Any) -> None:
+    """`atomic_write_json` off the event loop."""
+    await asyncio.to_thread(atomic_write_json, path, value)
+
+
+async def write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write_bytes` off the event loop."""
+    await asyncio.to_thread(atomic_write_bytes, path, data)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

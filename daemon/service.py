@@ -1,0 +1,210 @@
+"""The service lifecycle: start-up checks, recovery before READY, the intake loop, signals and an ordered shutdown.
+
+Start: lock → same-filesystem check → state store → recovery → READY=1 → status server → watch + reconcile.
+Stop (first SIGTERM/SIGINT): stop intake → STOPPING=1 → let steps finish within the grace period → cancel the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+import watchfiles
+
+from daemon import spool
+from daemon.config import Settings
+from daemon.errors import StartupError
+from daemon.gate import RemoteGate
+from daemon.intake import CANCEL_DIR, Intake
+from daemon.runner import Runner
+from daemon.state import StateStore
+from daemon.steps import Step
+from daemon.systemd import Notifier
+
+log = structlog.get_logger()
+
+
+@contextlib.contextmanager
+def single_instance(lock_path: Path) -> Any:
+    """Hold an exclusive flock on the spool's lock file; the kernel drops it when the process dies."""
+    fh: IO[str] = open(lock_path, "a+")  # noqa: SIM115 - held for the life of the daemon
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.seek(0)
+        other = fh.read().strip() or "unknown"
+        fh.close()
+        raise StartupError(
+            f"another finetuned (pid {other}) is already running on this spool (lock {lock_path})"
+        ) from exc
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.close()
+
+
+def prepare_dirs(settings: Settings) -> None:
+    """Create the spool folders and check that claiming (a rename) works between them."""
+    for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.state_dir / CANCEL_DIR):
+        folder.mkdir(parents=True, exist_ok=True)
+    spool.check_same_filesystem(settings)
+
+
+class Service:
+    """One daemon over one spool."""
+
+    def __init__(self, settings: Settings, steps: Sequence[Step], *, remote: Any = None, once: bool = False) -> None:
+        self.settings, self.steps, self.remote, self.once = settings, steps, remote, once
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.notifier = Notifier(settings.notify_socket)
+        self._signals = 0
+        self._last_tick = time.monotonic()
+
+    async def run(self) -> int:
+        """Run until stopped (or, with once, until idle); returns the exit code."""
+        prepare_dirs(self.settings)
+        with single_instance(self.settings.lock_path):
+            store = await StateStore.open(self.settings.db_path)
+            try:
+                return await self._serve(store)
+            finally:
+                await store.close()
+
+    async def _serve(self, store: StateStore) -> int:
+        gate = RemoteGate(getattr(self.remote, "probe", None), self.settings.pause_probe_s)
+        runner = Runner(self.settings, store, gate, steps=self.steps, remote=self.remote, on_change=self._changed)
+        gate.on_change = self._changed
+        intake = Intake(self.settings, store, runner)
+        self._install_signals(runner)
+        resumed = await intake.recover()
+        self.notifier.send("READY=1", f"STATUS=ready; {len(resumed)} job(s) resumed")
+        log.info("daemon_ready", inbox=str(self.settings.inbox), outbox=str(self.settings.outbox), once=self.once)
+        self.runner = runner
+        try:
+            async with self._background(runner):
+                await self._intake_loop(intake, runner)
+        finally:
+            self.notifier.send("STOPPING=1", "STATUS=stopping")
+            await runner.drain(0 if self._signals > 1 else self.settings.shutdown_grace_s)
+            await gate.close()
+            log.info("daemon_stopped")
+            self.notifier.close()
+        return 0
+
+    @contextlib.asynccontextmanager
+    async def _background(self, runner: Runner) -> AsyncIterator[None]:
+        """The watcher, the watchdog and the status server live exactly as long as the intake loop."""
+        from daemon.status import StatusServer  # the status app imports aiohttp.web; only a running daemon needs it
+
+        server = StatusServer(self.settings, runner)
+        await server.start()
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(self._watch(), name="watcher")
+            watchdog = tasks.create_task(self._watchdog(runner), name="watchdog")
+            try:
+                yield
+            finally:
+                self.stop.set()
+                watcher.cancel()
+                watchdog.cancel()
+                await server.stop()
+
+    async def _intake_loop(self, intake: Intake, runner: Runner) -> None:
+        """Scan at start, on every watch event and on the reconcile timer; with once, return when idle."""
+        while not self.stop.is_set():
+            self.wake.clear()
+            next_due = await intake.scan_once()
+            self._last_tick = time.monotonic()
+            if self.once and next_due is None and not runner.busy:
+                log.info("idle", reason="once: nothing left to do")
+                return
+            timeout_s = self.settings.reconcile_interval_s
+            if next_due is not None:
+                timeout_s = max(0.05, min(timeout_s, next_due - time.time()))
+            await self._wait_for_wake(timeout_s)
+
+    async def _wait_for_wake(self, timeout_s: float) -> None:
+        stop = asyncio.ensure_future(self.stop.wait())
+        wake = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({stop, wake}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (stop, wake):
+                waiter.cancel()
+            await asyncio.gather(stop, wake, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        """watchfiles as a wake-up hint only; restarted when the inbox folder is replaced (which silences inotify)."""
+        watched = [self.settings.inbox, self.settings.state_dir / CANCEL_DIR]
+        while not self.stop.is_set():
+            for folder in watched:
+                folder.mkdir(parents=True, exist_ok=True)
+            inode = self.settings.inbox.stat().st_ino
+            async for _changes in watchfiles.awatch(
+                *watched,
+                watch_filter=None,
+                recursive=False,
+                debounce=200,
+                step=20,
+                stop_event=self.stop,
+                rust_timeout=int(self.settings.reconcile_interval_s * 1000 / 2) or 1000,
+                yield_on_timeout=True,
+            ):
+                self.wake.set()
+                if not _same_inode(self.settings.inbox, inode):
+                    log.warning("inbox_replaced", inbox=str(self.settings.inbox))
+                    break
+
+    async def _watchdog(self, runner: Runner) -> None:
+        """WATCHDOG=1 from the event loop itself, every half WatchdogSec, while the intake loop keeps ticking."""
+        interval_s = self.settings.watchdog_usec / 2e6 if self.settings.watchdog_usec else 5.0
+        while True:
+            await asyncio.sleep(interval_s)
+            lines = [f"STATUS={self._status_line(runner)}"]
+            stale_s = time.monotonic() - self._last_tick
+            if self.settings.watchdog_usec and stale_s < self.settings.reconcile_interval_s * 3:
+                lines.append("WATCHDOG=1")
+            self.notifier.send(*lines)
+
+    def _status_line(self, runner: Runner) -> str:
+        running = len(runner.live)
+        paused = "" if runner.gate.is_open else f"; remote work paused: {runner.gate.reason}"
+        return f"{running} job(s) active{paused}"
+
+    def _changed(self) -> None:
+        self.wake.set()
+
+    def _install_signals(self, runner: Runner) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig, runner)
+
+    def _on_signal(self, sig: signal.Signals, runner: Runner) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("shutdown_requested", signal=sig.name, grace_s=self.settings.shutdown_grace_s)
+            self.stop.set()
+            return
+        log.warning("shutdown_forced", signal=sig.name)
+        for live in list(runner.live.values()):
+            live.task.cancel()
+
+
+def _same_inode(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,50 @@
+"""Shared fixtures: a spool in tmp_path with millisecond timings, and spec-writing helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for a spool under tmp_path with fast timings (no waiting in tests)."""
+    return Settings(
+        inbox=tmp_path / "inbox",
+        outbox=tmp_path / "outbox",
+        state_dir=tmp_path / "state",
+        reconcile_interval_s=0.5,
+        settle_s=0.3,
+        poll_min_s=0.01,
+        poll_max_s=0.05,
+        pause_probe_s=0.05,
+        shutdown_grace_s=2.0,
+        max_spec_bytes=64 * 1024,
+    )
+
+
+def with_(settings: Settings, **changes: object) -> Settings:
+    """A copy of settings with some fields changed."""
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+DATA_ONLY_SPEC = """\
+name: {name}
+dataset:
+  source: {source}
+  format: coqa
+"""
+
+
+@pytest.fixture(autouse=True)
+def _logging() -> None:
+    """Configure logging as the CLI does (JSON lines, per-job sinks), on this test's captured stdout."""
+    import sys
+
+    from daemon import logs
+
+    logs.configure("info", json_output=True, stream=sys.stdout)
