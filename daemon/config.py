@@ -49,7 +49,7 @@ class Settings:
     max_concurrent_jobs: int = 4
     max_step_attempts: int = 3
     reconcile_interval_s: float = 60.0
-    settle_s: float = 30.0
+    settle_s: float = 5.0
     max_spec_bytes: int = 1024 * 1024
     shutdown_grace_s: float = 20.0
     poll_min_s: float = 30.0
@@ -73,6 +73,8 @@ class Settings:
             raw = environ.get(var, "").strip()
             if raw:
                 values[field] = _convert(var, field, raw)
+        if "together_api_key" not in values:
+            values["together_api_key"] = _credential(environ.get("CREDENTIALS_DIRECTORY"), "together_api_key")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -94,6 +96,14 @@ class Settings:
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, outbox files, status output or errors."""
         return [s for s in (self.together_api_key,) if s]
+
+
+def _credential(directory: str | None, name: str) -> str | None:
+    """A systemd credential (LoadCredential=): the safe way to hand a service a secret."""
+    if not directory:
+        return None
+    path = Path(directory) / name
+    return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
 
 
 def _convert(var: str, field: str, raw: str) -> object:
