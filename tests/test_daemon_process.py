@@ -233,7 +233,7 @@ async def test_slow_writer_and_recreated_inbox(spool: Path) -> None:
     env = daemon_env(spool, FINETUNED_SETTLE_S="1.5")
     process = await start_daemon(env)
     try:
-        await wait_until(lambda: (spool / "state" / "state.db").exists())
+        await wait_until((spool / "state" / "state.db").exists)
         text = spec_text("slow", spool / "data", finetune=False).encode()
         with open(spool / "inbox" / "slow.yaml", "wb") as fh:
             for i in range(0, len(text), 12):
