@@ -32,6 +32,8 @@ USER_VARIABLES: dict[str, str] = {
     "TOGETHER_BASE_URL": "together_base_url",
 }
 
+SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN")
+
 # Set by systemd, not by users; read here so that nothing else touches os.environ.
 SYSTEMD_VARIABLES: dict[str, str] = {
     "NOTIFY_SOCKET": "notify_socket",
@@ -64,6 +66,9 @@ class Settings:
     together_base_url: str | None = None
     notify_socket: str | None = None
     watchdog_usec: int = 0
+    # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env): every
+    # *_API_KEY / *_KEY / *_TOKEN variable of the environment, held here so nothing else reads os.environ.
+    named_secrets: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
@@ -73,6 +78,7 @@ class Settings:
             raw = environ.get(var, "").strip()
             if raw:
                 values[field] = _convert(var, field, raw)
+        values["named_secrets"] = {k: v for k, v in environ.items() if k.endswith(SECRET_SUFFIXES) and v.strip()}
         if "together_api_key" not in values:
             values["together_api_key"] = _credential(environ.get("CREDENTIALS_DIRECTORY"), "together_api_key")
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -93,9 +99,13 @@ class Settings:
         """The single-instance lock file."""
         return self.state_dir / "finetuned.lock"
 
+    def secret(self, variable: str) -> str | None:
+        """The value of a secret environment variable a spec names (e.g. `OPENAI_API_KEY`), or None."""
+        return self.named_secrets.get(variable)
+
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, outbox files, status output or errors."""
-        return [s for s in (self.together_api_key,) if s]
+        return [s for s in (self.together_api_key, *self.named_secrets.values()) if s]
 
 
 def _credential(directory: str | None, name: str) -> str | None:

@@ -192,3 +192,40 @@ async def test_cancel_interrupts_a_running_job(settings: Settings) -> None:
     service.stop.set()
     assert await asyncio.wait_for(task, 10) == 0
     assert not (settings.state_dir / "cancel" / doc["job_id"]).exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_status_endpoint_serves_jobs_and_metrics(settings: Settings) -> None:
+    """The read-only status server on loopback answers /healthz, /jobs, /jobs/{id} and Prometheus /metrics."""
+    import aiohttp
+
+    port = free_port()
+    settings = with_(settings, status_port=port)
+    drop(settings, "shown")
+    service = Service(settings, STEPS, remote=Probe())
+    task = asyncio.create_task(service.run())
+    await wait_for(lambda: any(d["status"] == "completed" for d in statuses(settings).values()))
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/healthz") as response:
+            assert (await response.json())["ok"] is True
+        async with session.get(f"{base}/jobs") as response:
+            (job,) = (await response.json())["jobs"]
+        async with session.get(f"{base}/jobs/{job['job_id']}") as response:
+            assert (await response.json())["status"] == "completed"
+        async with session.get(f"{base}/jobs/nope") as response:
+            assert response.status == 404
+        async with session.get(f"{base}/metrics") as response:
+            text = await response.text()
+        async with session.post(f"{base}/jobs") as response:
+            assert response.status == 405
+    assert 'finetuned_jobs{status="completed"} 1' in text and "finetuned_remote_paused 0" in text
+    service.stop.set()
+    assert await asyncio.wait_for(task, 10) == 0
