@@ -105,7 +105,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, outbox files, status output or errors."""
-        return [s for s in (self.together_api_key, *self.named_secrets.values()) if s]
+        return list(dict.fromkeys(s for s in (self.together_api_key, *self.named_secrets.values()) if s))
 
 
 def _credential(directory: str | None, name: str) -> str | None:
