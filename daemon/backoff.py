@@ -39,7 +39,7 @@ class Backoff:
 
     def next_delay(self, retry_after_s: float | None = None) -> float:
         """The delay before the next attempt; advances the attempt counter."""
-        ceiling = min(self.cap_s, self.base_s * (2**self.attempt))
+        ceiling = min(self.cap_s, self.base_s * 2.0**self.attempt)
         self.attempt += 1
         delay = max(self.floor_s, ceiling * float(self.rng()))
         if retry_after_s is not None and retry_after_s > 0:

@@ -238,9 +238,19 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """`finetuned score --data --pred`: print the official scorer's JSON structure."""
-    from daemon.scoring import score_files
+    from daemon import scoring
+    from daemon.errors import DatasetError
 
-    print(json.dumps(score_files(args.data, args.pred), indent=2))
+    try:
+        result = scoring.score_files(args.data, args.pred)
+        gold = scoring.load_coqa_gold(json.loads(args.data.read_text(encoding="utf-8")))
+        predictions = scoring.load_predictions(json.loads(args.pred.read_text(encoding="utf-8")))
+    except DatasetError as exc:
+        print(f"finetuned score: {exc}", file=sys.stderr)
+        return 2
+    for story_id, turn_id in scoring.missing_predictions(gold, predictions):
+        print(f"Missing prediction for {story_id} and turn_id: {turn_id}", file=sys.stderr)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -32,7 +32,7 @@ USER_VARIABLES: dict[str, str] = {
     "TOGETHER_BASE_URL": "together_base_url",
 }
 
-SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN")
+SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN", "_SECRET")
 
 # Set by systemd, not by users; read here so that nothing else touches os.environ.
 SYSTEMD_VARIABLES: dict[str, str] = {
@@ -67,7 +67,7 @@ class Settings:
     notify_socket: str | None = None
     watchdog_usec: int = 0
     # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env): every
-    # *_API_KEY / *_KEY / *_TOKEN variable of the environment, held here so nothing else reads os.environ.
+    # *_API_KEY / *_KEY / *_TOKEN / *_SECRET variable of the environment, held here so nothing else reads os.environ.
     named_secrets: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod

@@ -19,7 +19,8 @@ StepInputs = Mapping[str, StepOutput]
 class Journal(Protocol):
     """Durable key/value notes of one job, for remote side effects: intent before the call, the id right after.
 
-    Keys in use: `upload.intent`, `file_id`, `validation_file_id`, `create.intent`, `fine_tune_id`, `model`.
+    Keys in use: `upload.intent`, `file_id`, `upload.validation_intent`, `validation_file_id`, `create.intent`,
+    `fine_tune_id`, `poll.deadline_at`, `model`.
     `record` returns only once the value is on disk, so a crash after it cannot lose it.
     """
 

@@ -311,9 +311,11 @@ class Runner:
             job_id=job_id,
             status=str(status),
             duration_s=round(duration_s, 3) if duration_s is not None else None,
-            steps={n: round((s.finished_at or 0) - (s.started_at or 0), 3) for n, s in (record.steps.items())}
-            if record
-            else {},
+            steps={
+                n: round(s.finished_at - s.started_at, 3)
+                for n, s in (record.steps.items() if record else ())
+                if s.finished_at is not None and s.started_at is not None
+            },
             remote=record.journal if record else {},
             error_type=error["type"] if error else None,
         )

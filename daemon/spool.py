@@ -20,6 +20,8 @@ from daemon.files import fsync_dir
 from daemon.spec import JobSpec, parse_spec
 
 IGNORED_SUFFIXES = (".tmp", ".part", "~")
+# A spec that parses is claimed once it has not changed for this long (or settle_s, if shorter).
+QUIET_S = 1.0
 
 
 def is_candidate(name: str) -> bool:
@@ -78,14 +80,18 @@ def inspect(path: Path, settings: Settings, now: float | None = None) -> Arrival
     data = _read_regular(path, settings.max_spec_bytes)
     if data is None:
         return None
+    age_s = (now if now is not None else time.time()) - st.st_mtime
     try:
         spec = parse_spec(data, path.name)
     except SpecError as exc:
-        age_s = (now if now is not None else time.time()) - st.st_mtime
         if age_s < settings.settle_s:
             return Unsettled(path=path, due=st.st_mtime + settings.settle_s)
         stem = safe_stem(path)
         return Arrival(path=path, job_id=job_id_for(stem, data), name=stem, data=data, problems=exc.problems)
+    quiet_s = min(QUIET_S, settings.settle_s)
+    if age_s < quiet_s:
+        # A slow writer's first lines can already parse ("name: x\ndataset: ..."): claim only a file at rest.
+        return Unsettled(path=path, due=st.st_mtime + quiet_s)
     return Arrival(path=path, job_id=job_id_for(spec.name, data), name=spec.name, spec=spec, data=data)
 
 

@@ -29,10 +29,18 @@ def test_candidates_skip_temp_and_hidden_names() -> None:
         assert not spool.is_candidate(name)
 
 
+def aged(path: Path, seconds: float = 60) -> Path:
+    """Pretend the file was last written `seconds` ago."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
 def test_valid_spec_gets_deterministic_job_id(settings: Settings, inbox: Path) -> None:
     """The job id is the spec name plus 8 hex of the bytes' sha256, whatever the file is called."""
-    (inbox / "a.yaml").write_bytes(GOOD)
-    (inbox / "b.yaml").write_bytes(GOOD)
+    for name in ("a.yaml", "b.yaml"):
+        (inbox / name).write_bytes(GOOD)
+        aged(inbox / name)
     first = spool.inspect(inbox / "a.yaml", settings)
     second = spool.inspect(inbox / "b.yaml", settings)
     assert isinstance(first, Arrival) and isinstance(second, Arrival)
@@ -70,9 +78,19 @@ def test_unparsable_file_waits_for_the_settle_window(settings: Settings, inbox: 
     assert later.job_id.startswith("slow-") and "line 2: dataset" in later.problems[0]
 
 
+def test_a_parsable_file_is_claimed_only_at_rest(settings: Settings, inbox: Path) -> None:
+    """A slow writer's first lines may already parse: a spec changed within the quiet period is not claimed yet."""
+    path = inbox / "growing.yaml"
+    path.write_bytes(b"name: demo\ndataset:\n  source: data/x")
+    judged = spool.inspect(path, settings)
+    assert isinstance(judged, Unsettled) and judged.due <= time.time() + min(spool.QUIET_S, settings.settle_s)
+    assert isinstance(spool.inspect(aged(path), settings), Arrival)
+
+
 def test_scan_and_claim_move_the_spec(settings: Settings, inbox: Path) -> None:
     """Scanning finds only candidates; claiming moves the file into state/jobs/<job_id>/ by rename."""
     (inbox / "a.yaml").write_bytes(GOOD)
+    aged(inbox / "a.yaml")
     (inbox / ".b.yaml.tmp").write_bytes(b"half")
     (found,) = spool.scan(inbox, settings)
     assert isinstance(found, Arrival)

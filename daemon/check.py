@@ -1,0 +1,90 @@
+"""`finetuned check SPEC`: the spec, `prepare` and `validate` run offline into a temporary folder, and a summary."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from daemon.config import Settings
+from daemon.errors import DatasetError, SpecError, TransientError
+from daemon.spec import JobSpec, parse_spec
+from handlers.prepare import prepare_dataset
+from handlers.stats import TOKEN_ESTIMATE
+from handlers.validate import FileReport, validate_file
+
+
+def check_spec(path: Path, settings: Settings, out: TextIO) -> int:
+    """Check one spec file end to end without uploading anything; print what was found; 0 when all is well."""
+    spec = _load_spec(path, settings, out)
+    if spec is None:
+        return 1
+    out.write(f"spec {path}: ok (job name {spec.name!r}, format {spec.dataset.format}, source {spec.dataset.source})\n")
+    with tempfile.TemporaryDirectory(prefix="finetuned-check-") as tmp:
+        try:
+            prepared = prepare_dataset(
+                spec.dataset, Path(tmp) / "out", Path(tmp) / "work", with_eval=spec.evaluate is not None
+            )
+        except (DatasetError, TransientError) as exc:
+            out.write(f"dataset: {exc}\n")
+            return 1
+        reports = _validate(spec, prepared)
+    _print_counts(prepared["counts"], out)
+    failed = [r for r in reports if not r.valid]
+    for report in failed:
+        _print_problems(report, out)
+    out.write("result: problems found\n" if failed else "result: ok, ready to submit\n")
+    return 1 if failed else 0
+
+
+def _load_spec(path: Path, settings: Settings, out: TextIO) -> JobSpec | None:
+    try:
+        size = path.stat().st_size
+        if size > settings.max_spec_bytes:
+            out.write(f"spec {path}: {size} bytes, over the {settings.max_spec_bytes} byte limit\n")
+            return None
+        return parse_spec(path.read_bytes(), filename=path.name)
+    except OSError as exc:
+        out.write(f"spec {path}: cannot be read: {exc.strerror}\n")
+    except SpecError as exc:
+        out.write(f"spec {path}: {len(exc.problems)} problem(s)\n")
+        out.writelines(f"  {problem}\n" for problem in exc.problems)
+    return None
+
+
+def _validate(spec: JobSpec, prepared: dict[str, Any]) -> list[FileReport]:
+    max_tokens = spec.finetune.max_seq_length if spec.finetune is not None else None
+    reports = [
+        validate_file(Path(prepared["train_file"]), min_examples=spec.dataset.min_examples, max_tokens=max_tokens)
+    ]
+    if prepared["validation_file"]:
+        reports.append(validate_file(Path(prepared["validation_file"]), max_tokens=max_tokens))
+    return reports
+
+
+def _print_counts(counts: dict[str, Any], out: TextIO) -> None:
+    for name in ("train", "validation"):
+        figures = counts.get(name)
+        if not figures:
+            continue
+        longest = figures["longest_example"] or {}
+        out.write(
+            f"{name}.jsonl: {figures['examples']:,} examples, {figures['turns']:,} turns, "
+            f"{figures['characters']:,} characters, ~{figures['estimated_tokens']:,} tokens; longest: line "
+            f"{longest.get('line')} (~{longest.get('estimated_tokens', 0):,} tokens, {longest.get('turns', 0)} turns)\n"
+        )
+    if counts.get("eval"):
+        ev = counts["eval"]
+        out.write(f"eval.jsonl: {ev['items']:,} items, {ev['turns']:,} turns (split {ev['split']!r})\n")
+    out.write(f"tokens are estimated: {TOKEN_ESTIMATE}\n")
+
+
+def _print_problems(report: FileReport, out: TextIO) -> None:
+    total = sum(report.kinds.values())
+    out.write(f"{report.path.name}: {total} problem(s)\n")
+    for problem in report.problems:
+        where = f"line {problem['line']}" if problem["line"] is not None else "file"
+        out.write(f"  {where}: {problem['kind']}: {problem['message']}\n")
+    if total > len(report.problems):
+        out.write(f"  ... and {total - len(report.problems)} more\n")
+    out.write("  by kind: " + ", ".join(f"{kind} x{n}" for kind, n in report.kinds.most_common()) + "\n")

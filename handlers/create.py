@@ -1,0 +1,148 @@
+"""Step `create`: estimate the price, refuse above `max_price_usd`, then create the LoRA fine-tune exactly once.
+
+The job is tagged: its suffix ends with a fragment of the job id plus a nonce. The tag is journaled as
+`create.intent` before the create call and `fine_tune_id` right after, so a crash in between (or a lost answer)
+is resolved by listing jobs and adopting the one with the tag, never by creating a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from daemon.context import JobContext, StepInputs, StepOutput
+from daemon.errors import BadInput, Paused, RemoteRejected, TransientError
+from daemon.remote import FineTuneAPI, FineTuneRequest, PriceEstimate, RemoteJob
+from daemon.remote_policy import with_retries
+from daemon.spec import FinetuneSpec
+
+TAG_HASH_CHARS = 5  # from sha256(job id): which daemon job this is
+TAG_NONCE_BYTES = 2  # 4 hex: tells apart two runs of the same job id (another spool, a wiped state)
+log = structlog.get_logger()
+
+
+def make_tag(job_id: str) -> str:
+    """A 9-character suffix fragment: 5 hex of sha256(job id) + 4 random hex (spec suffix 30 + '-' + 9 <= 40)."""
+    return hashlib.sha256(job_id.encode()).hexdigest()[:TAG_HASH_CHARS] + secrets.token_hex(TAG_NONCE_BYTES)
+
+
+def suffix_for(spec_suffix: str | None, tag: str) -> str:
+    """The Together suffix: the spec's own suffix (if any) followed by the tag."""
+    return f"{spec_suffix}-{tag}" if spec_suffix else tag
+
+
+def usd(amount: float) -> str:
+    """Dollars for messages: cents for real amounts, more digits for the sandbox's tiny ones."""
+    return f"${amount:,.2f}" if amount >= 0.01 else f"${amount:.6f}"
+
+
+def check_price(estimate: PriceEstimate, spec: FinetuneSpec) -> None:
+    """Raise unless the estimate allows creating the job under the spec's `max_price_usd`."""
+    reason = estimate.unavailable_reason or ""
+    if not estimate.available and reason.endswith("_not_validated"):
+        raise TransientError(f"Together cannot estimate the price yet ({reason}): the file is still being validated")
+    if not estimate.available and reason.endswith("_invalid"):
+        raise RemoteRejected(f"Together's validation refused the dataset ({reason}); no fine-tune job was created")
+    if estimate.allowed_to_proceed is False:
+        limit = usd(estimate.user_limit_usd) if estimate.user_limit_usd is not None else "the account's limit"
+        price = usd(estimate.total_usd or 0.0)
+        raise Paused(f"Together says the account cannot pay for this job: estimated {price} exceeds {limit}")
+    if spec.max_price_usd is None:
+        return
+    if not estimate.available or estimate.total_usd is None:
+        raise RemoteRejected(
+            f"finetune.max_price_usd is {usd(spec.max_price_usd)} but Together gives no price estimate ({reason}); "
+            "no fine-tune job was created (remove max_price_usd to proceed without an estimate)"
+        )
+    if estimate.total_usd > spec.max_price_usd:
+        raise RemoteRejected(
+            f"estimated price {usd(estimate.total_usd)} is above finetune.max_price_usd {usd(spec.max_price_usd)}; "
+            "no fine-tune job was created (raise max_price_usd, or use fewer epochs or less data)"
+        )
+
+
+def _request(spec: FinetuneSpec, upload: dict[str, Any], tag: str) -> FineTuneRequest:
+    validation = upload.get("validation_file_id") or ""
+    if spec.n_evals > 0 and not validation:
+        raise BadInput("finetune.n_evals > 0 needs a validation file, and the prepare step produced none")
+    suffix = suffix_for(spec.suffix, tag)
+    return FineTuneRequest.from_spec(spec, training_file=upload["file_id"], validation_file=validation, suffix=suffix)
+
+
+def _output(job: RemoteJob, tag: str, *, adopted: bool, estimate: PriceEstimate | None) -> StepOutput:
+    return {
+        "fine_tune_id": job.id,
+        "tag": tag,
+        "suffix": job.suffix,
+        "status": job.status,
+        "model_output_name": job.model_output_name,
+        "adopted": adopted,
+        "estimated_price_usd": estimate.total_usd if estimate else None,
+        "estimated_train_tokens": estimate.train_tokens if estimate else None,
+    }
+
+
+async def _resume(ctx: JobContext, remote: FineTuneAPI) -> StepOutput | None:
+    """The job this step already created (id journaled) or tagged (intent journaled, found by listing)."""
+    tag = ctx.journal.get("create.intent") or ""
+    recorded = ctx.journal.get("fine_tune_id")
+    if recorded:
+        job = await with_retries(ctx.settings, "retrieve fine-tune", lambda: remote.retrieve(recorded))
+        return _output(job, tag, adopted=False, estimate=None)
+    if not tag:
+        return None
+    found = await with_retries(ctx.settings, "list fine-tunes", lambda: remote.find_job(tag))
+    if found is None:
+        return None
+    await ctx.journal.record("fine_tune_id", found.id)
+    log.warning("fine_tune_adopted", fine_tune_id=found.id, tag=tag, reason="created before a crash or lost answer")
+    return _output(found, tag, adopted=True, estimate=None)
+
+
+async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
+    """Create (or adopt) the fine-tuning job for the uploaded file; the output names its id and output model."""
+    spec = ctx.spec.finetune
+    if spec is None:
+        raise BadInput("the spec has no finetune section")
+    remote: FineTuneAPI = ctx.remote
+    resumed = await _resume(ctx, remote)
+    if resumed is not None:
+        return resumed
+    tag = ctx.journal.get("create.intent") or make_tag(ctx.job_id)
+    request = _request(spec, dict(inputs["upload"]), tag)
+
+    async def estimate_checked() -> PriceEstimate:
+        estimate = await remote.estimate_price(request)
+        check_price(estimate, spec)
+        return estimate
+
+    estimate = await with_retries(ctx.settings, "estimate price", estimate_checked)
+    log.info("price_estimated", price_usd=estimate.total_usd, max_price_usd=spec.max_price_usd, tag=tag)
+    if ctx.journal.get("create.intent") != tag:
+        await ctx.journal.record("create.intent", tag)
+    job = await with_retries(ctx.settings, "create fine-tune", _create_once(remote, request, tag))
+    await ctx.journal.record("fine_tune_id", job.id)
+    log.info("fine_tune_created", fine_tune_id=job.id, tag=tag, model=request.model, suffix=request.suffix)
+    await ctx.progress(fine_tune_id=job.id, remote_status=job.status)
+    return _output(job, tag, adopted=False, estimate=estimate)
+
+
+def _create_once(remote: FineTuneAPI, request: FineTuneRequest, tag: str) -> Callable[[], Awaitable[RemoteJob]]:
+    """A retryable create: after a failed attempt (maybe created, answer lost) look the tag up before re-sending."""
+    attempted = False
+
+    async def attempt() -> RemoteJob:
+        nonlocal attempted
+        if attempted:
+            found = await remote.find_job(tag)
+            if found is not None:
+                log.warning("fine_tune_adopted", fine_tune_id=found.id, tag=tag, reason="create answer was lost")
+                return found
+        attempted = True
+        return await remote.create(request)
+
+    return attempt
