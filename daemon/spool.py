@@ -80,18 +80,23 @@ def inspect(path: Path, settings: Settings, now: float | None = None) -> Arrival
     data = _read_regular(path, settings.max_spec_bytes)
     if data is None:
         return None
-    age_s = (now if now is not None else time.time()) - st.st_mtime
+    return _judge_content(path, data, st.st_mtime, settings, now if now is not None else time.time())
+
+
+def _judge_content(path: Path, data: bytes, mtime: float, settings: Settings, now: float) -> Arrival | Unsettled:
+    """A spec to claim, an input to reject, or a file to look at again once it has settled."""
+    age_s = now - mtime
     try:
         spec = parse_spec(data, path.name)
     except SpecError as exc:
         if age_s < settings.settle_s:
-            return Unsettled(path=path, due=st.st_mtime + settings.settle_s)
+            return Unsettled(path=path, due=mtime + settings.settle_s)
         stem = safe_stem(path)
         return Arrival(path=path, job_id=job_id_for(stem, data), name=stem, data=data, problems=exc.problems)
     quiet_s = min(QUIET_S, settings.settle_s)
     if age_s < quiet_s:
         # A slow writer's first lines can already parse ("name: x\ndataset: ..."): claim only a file at rest.
-        return Unsettled(path=path, due=st.st_mtime + quiet_s)
+        return Unsettled(path=path, due=mtime + quiet_s)
     return Arrival(path=path, job_id=job_id_for(spec.name, data), name=spec.name, spec=spec, data=data)
 
 
