@@ -125,7 +125,7 @@ async def _run(settings: Settings, *, once: bool, sandbox: bool, sandbox_speed: 
     handle = await start_sandbox(speed=sandbox_speed) if sandbox else None
     try:
         if handle is not None:
-            settings = _point_at_sandbox(settings, handle.base_url)
+            settings = _point_at_sandbox(settings, handle.base_url, sandbox_speed)
         remote = TogetherAPI(settings) if settings.together_api_key else None
         try:
             return await Service(settings, STEPS, remote=remote, once=once).run()
@@ -137,7 +137,8 @@ async def _run(settings: Settings, *, once: bool, sandbox: bool, sandbox_speed: 
             await handle.close()
 
 
-def _point_at_sandbox(settings: Settings, base_url: str) -> Settings:
+def _point_at_sandbox(settings: Settings, base_url: str, speed: float) -> Settings:
+    """Use the in-process sandbox; its clock runs `speed` times faster, so polling does too."""
     import dataclasses
 
     import structlog
@@ -145,7 +146,13 @@ def _point_at_sandbox(settings: Settings, base_url: str) -> Settings:
     structlog.get_logger().warning(
         "sandbox_in_use", base_url=base_url, note="answers and fine-tunes are simulated; reports say so"
     )
-    return dataclasses.replace(settings, together_base_url=base_url, together_api_key="sandbox-key")
+    return dataclasses.replace(
+        settings,
+        together_base_url=base_url,
+        together_api_key="sandbox-key",
+        poll_min_s=max(0.05, settings.poll_min_s / speed),
+        poll_max_s=max(0.2, settings.poll_max_s / speed),
+    )
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
