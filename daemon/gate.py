@@ -27,6 +27,7 @@ class RemoteGate:
         self._open.set()
         self._task: asyncio.Task[None] | None = None
         self.reason: str | None = None
+        self.paused_since: float | None = None  # loop time the gate closed, None while open
         self.on_change: Callable[[], None] = lambda: None
 
     @property
@@ -43,6 +44,7 @@ class RemoteGate:
         self.reason = str(error)
         if self._open.is_set():
             self._open.clear()
+            self.paused_since = asyncio.get_running_loop().time()
             log.error("remote_paused", reason=self.reason, http_status=error.http_status)
             self.on_change()
         if self._task is None or self._task.done():
@@ -51,10 +53,11 @@ class RemoteGate:
     async def _probe_until_open(self) -> None:
         while not self._open.is_set():
             await asyncio.sleep(self._interval_s)
-            if self._probe is None:
-                continue
             try:
-                await self._probe()
+                # Without a probe (no Together client, e.g. a custom chat endpoint paused us), the waiting step
+                # itself is the probe: reopen and let it try again after the interval.
+                if self._probe is not None:
+                    await self._probe()
             except (Paused, TransientError) as exc:
                 log.info("remote_still_paused", error=str(exc)[:300])
                 continue
@@ -62,6 +65,7 @@ class RemoteGate:
                 # Any other answer means the credentials work again; the job sees the error itself.
                 log.info("remote_probe_answered", error=str(exc)[:300])
             self.reason = None
+            self.paused_since = None
             self._open.set()
             log.info("remote_resumed")
             self.on_change()

@@ -31,6 +31,11 @@ from daemon.systemd import Notifier
 
 log = structlog.get_logger()
 
+# `run --once` gives up on a remote pause (bad key, no balance) after this many probe intervals and exits with
+# EXIT_PAUSED; the paused jobs resume at the next run.
+ONCE_PAUSE_PROBES = 5
+EXIT_PAUSED = 3
+
 
 @contextlib.contextmanager
 def single_instance(lock_path: Path) -> Any:
@@ -71,6 +76,7 @@ class Service:
         self.wake = asyncio.Event()
         self.notifier = Notifier(settings.notify_socket)
         self._signals = 0
+        self.exit_code = 0
         self._last_tick = time.monotonic()
 
     async def run(self) -> int:
@@ -100,9 +106,9 @@ class Service:
             self.notifier.send("STOPPING=1", "STATUS=stopping")
             await runner.drain(0 if self._signals > 1 else self.settings.shutdown_grace_s)
             await gate.close()
-            log.info("daemon_stopped")
+            log.info("daemon_stopped", exit_code=self.exit_code)
             self.notifier.close()
-        return 0
+        return self.exit_code
 
     @contextlib.asynccontextmanager
     async def _background(self, runner: Runner) -> AsyncIterator[None]:
@@ -131,9 +137,14 @@ class Service:
             if self.once and next_due is None and not runner.busy:
                 log.info("idle", reason="once: nothing left to do")
                 return
+            if self.once and self._pause_unresolved(runner):
+                self.exit_code = EXIT_PAUSED
+                return
             timeout_s = self.settings.reconcile_interval_s
             if next_due is not None:
                 timeout_s = max(0.05, min(timeout_s, next_due - time.time()))
+            if self.once and not runner.gate.is_open:
+                timeout_s = min(timeout_s, self.settings.pause_probe_s)
             await self._wait_for_wake(timeout_s)
 
     async def _wait_for_wake(self, timeout_s: float) -> None:
@@ -178,6 +189,15 @@ class Service:
             if self.settings.watchdog_usec and stale_s < self.settings.reconcile_interval_s * 3:
                 lines.append("WATCHDOG=1")
             self.notifier.send(*lines)
+
+    def _pause_unresolved(self, runner: Runner) -> bool:
+        """With --once, a pause that outlasts a few probes ends the run (jobs stay resumable) instead of hanging."""
+        since = runner.gate.paused_since
+        limit_s = ONCE_PAUSE_PROBES * self.settings.pause_probe_s
+        if since is None or asyncio.get_running_loop().time() - since < limit_s:
+            return False
+        log.error("remote_pause_unresolved", reason=runner.gate.reason, waited_s=round(limit_s, 1))
+        return True
 
     def _status_line(self, runner: Runner) -> str:
         running = len(runner.live)

@@ -59,8 +59,12 @@ def turns_in(spool: Path, job_id: str) -> int:
 
 
 def saved_items(spool: Path) -> int:
-    with sqlite3.connect(spool / "state" / "state.db") as db:
-        return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    """Evaluation answers in the daemon's database (0 while the daemon is still creating it)."""
+    try:
+        with sqlite3.connect(spool / "state" / "state.db") as db:
+            return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
 
 
 async def test_random_faults_full_job_completes_with_one_create(spool: Path) -> None:
@@ -167,3 +171,18 @@ async def test_kill9_mid_evaluation_asks_only_missing_items(spool: Path) -> None
         assert asked_after == total - saved
     finally:
         await slow_chat.close()
+
+
+async def test_once_gives_up_on_a_pause_that_does_not_clear(spool: Path, sandbox: SandboxHandle) -> None:
+    """With --once, a key that stays refused ends the run with exit 3 and a paused job that resumes next time."""
+    await sandbox_admin(sandbox.base_url, "faults", {"kind": "401", "route": "*", "count": 1000})
+    drop(spool, "refused", spec_text("refused", spool / "data"))
+    env = daemon_env(spool, sandbox.base_url)
+    code, out, _ = await run_daemon(env)
+    assert code == 3 and "remote_pause_unresolved" in out
+    assert only_status(spool)["status"] == "paused" and "401" in only_status(spool)["paused"]
+    async with __import__("aiohttp").ClientSession() as session:
+        await session.delete(f"{sandbox.base_url}/_sandbox/faults")
+    code, _, stderr = await run_daemon(env)
+    assert code == 0, stderr[-2000:]
+    assert only_status(spool)["status"] == "completed"
