@@ -266,3 +266,39 @@ async def test_api_key_never_leaks(spool: Path, sandbox: SandboxHandle) -> None:
     for path in [*spool.joinpath("outbox").rglob("*"), *spool.joinpath("state").rglob("*")]:
         if path.is_file():
             assert API_KEY.encode() not in path.read_bytes(), path
+
+
+async def test_second_signal_forces_a_prompt_exit(spool: Path) -> None:
+    """A second SIGTERM skips the grace period: running steps are cancelled (state kept) and the daemon exits."""
+    slow = await start_sandbox(speed=5.0)
+    try:
+        drop(spool, "impatient", spec_text("impatient", spool / "data"))
+        env = daemon_env(spool, slow.base_url, FINETUNED_SHUTDOWN_GRACE_S="60")
+        process = await start_daemon(env)
+        await wait_until(lambda: any(s.get("step") == "poll" for s in statuses(spool).values()), timeout_s=60)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 0 and time.monotonic() - started < 10
+        assert only_status(spool)["status"] in {"running", "queued"}
+    finally:
+        await slow.close()
+
+
+async def test_eval_only_spec_against_the_sandbox(spool: Path, sandbox: SandboxHandle) -> None:
+    """A spec with dataset + evaluate naming an existing model runs prepare, validate, evaluate and report."""
+    text = spec_text("evalonly", spool / "data", finetune=False) + (
+        "evaluate:\n  models: [base]\n  base_model: meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo\n  limit: 2\n"
+    )
+    drop(spool, "evalonly", text)
+    code, _, stderr = await run_daemon(daemon_env(spool, sandbox.base_url))
+    assert code == 0, stderr[-2000:]
+    status = only_status(spool)
+    assert status["status"] == "completed" and set(status["steps"]) == {"prepare", "validate", "evaluate", "report"}
+    folder = spool / "outbox" / status["job_id"]
+    assert len((folder / "predictions-base.jsonl").read_text().splitlines()) == 6  # 2 stories x 3 turns
+    assert (folder / "report.md").read_text().startswith("**SIMULATED RESULTS**")
+    requests = await stats(sandbox.base_url)
+    assert "POST /v1/files" not in requests and requests["POST /v1/chat/completions"] == 6
