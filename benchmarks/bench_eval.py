@@ -142,6 +142,38 @@ async def run_ours(base_url: str, eval_file: Path, work: Path, concurrency: int,
     return elapsed
 
 
+async def run_floor(base_url: str, rows: list[dict[str, Any]], concurrency: int) -> float:
+    """The floor: a bare aiohttp client (one session, a semaphore, no retries, scoring or storage) on the same
+    requests. What no client can beat against this sandbox on this machine."""
+    import aiohttp
+
+    prompts = [
+        [
+            {"role": "system", "content": row["system"]},
+            *({"role": "user", "content": t["question"]} for t in row["turns"][: k + 1]),
+        ]
+        for row in rows
+        for k in range(len(row["turns"]))
+    ]
+    bound = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url, connector=connector, headers=headers) as session:
+
+        async def ask(messages: list[dict[str, str]]) -> None:
+            async with (
+                bound,
+                session.post(
+                    "/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 64}
+                ) as response,
+            ):
+                await response.json()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(ask(m) for m in prompts))
+        return time.perf_counter() - started
+
+
 def run_cookbook(base_url: str, rows: list[dict[str, Any]]) -> float:
     """The cookbook's loop: ThreadPool(8).imap over stories, turns in order, the SDK's sync client."""
     import together
@@ -215,13 +247,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for index, latency_ms in enumerate(args.latency_ms):
             process, base_url = start_sandbox_process(latency_ms)
             try:
-                for store in ("memory", "sqlite") if index == 0 else ("sqlite",):
+                for store in ("floor", "memory", "sqlite") if index == 0 else ("floor", "sqlite"):
                     runs = []
                     for attempt in range(args.repeat):
                         sandbox_get(base_url, "/_sandbox/reset", method="POST")
                         folder = work / f"{latency_ms}-{attempt}"
                         server_cpu_s, client_cpu_s = cpu_s(process.pid), time.process_time()
-                        wall = asyncio.run(run_ours(base_url, eval_file, folder, args.concurrency, store))
+                        if store == "floor":
+                            wall = asyncio.run(run_floor(base_url, rows, args.concurrency))
+                        else:
+                            wall = asyncio.run(run_ours(base_url, eval_file, folder, args.concurrency, store))
                         cpu = {"server_cpu_s": cpu_s(process.pid) - server_cpu_s}
                         cpu["client_cpu_s"] = time.process_time() - client_cpu_s
                         assert chat_count(base_url) == requests, "every item asked exactly once"
@@ -240,7 +275,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-STORES = {"memory": "in memory", "sqlite": "SQLite (WAL, synchronous=FULL, group commit)"}
+STORES = {
+    "floor": "bare aiohttp client (floor)",
+    "memory": "`evaluate`, items in memory",
+    "sqlite": "`evaluate`, items in SQLite (WAL, synchronous=FULL, group commit)",
+}
 
 
 def markdown(args: argparse.Namespace, r: dict[str, Any]) -> str:
@@ -259,7 +298,7 @@ def markdown(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"(a) {r['requests']} requests at concurrency {args.concurrency}, against the ideal"
         " `requests x latency / concurrency`:",
         "",
-        "| latency | item store | ideal | wall time | efficiency (ideal / wall) | requests/s | added per request"
+        "| latency | client | ideal | wall time | efficiency (ideal / wall) | requests/s | added per request"
         " | CPU per request (client / sandbox) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -273,6 +312,8 @@ def markdown(args: argparse.Namespace, r: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "The floor row is a bare aiohttp client with a semaphore (no retries, scoring or storage) on the same"
+        " requests in the same run: the best any client gets from this sandbox on this machine. "
         "The time a request adds to its latency is roughly constant, so efficiency grows with latency. Most of it is"
         " the sandbox's own serial work: one Python process on the same 2 cores, about 1 ms of CPU per request, so"
         f" a wave of {args.concurrency} simultaneous requests queues for tens of milliseconds there; a real provider"
