@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from daemon.config import Settings
+from daemon.remote import TogetherAPI
+from daemon.sandbox import SandboxHandle, start_sandbox
+from tests.sandbox.helpers import API_KEY as SANDBOX_KEY
 
 
 @pytest.fixture
@@ -48,3 +52,25 @@ def _logging() -> None:
     from daemon import logs
 
     logs.configure("info", json_output=True, stream=sys.stdout)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxHandle]:
+    """A fast sandbox on loopback (short Retry-After so fault tests do not wait)."""
+    handle = await start_sandbox(speed=1000.0, retry_after_s=0.02)
+    yield handle
+    await handle.close()
+
+
+@pytest.fixture
+def remote_settings(settings: Settings, sandbox: SandboxHandle) -> Settings:
+    """Settings pointing the Together adapter at the sandbox."""
+    return with_(settings, together_api_key=SANDBOX_KEY, together_base_url=sandbox.base_url, request_timeout_s=5.0)
+
+
+@pytest.fixture
+async def api(remote_settings: Settings) -> AsyncIterator[TogetherAPI]:
+    """The Together adapter over the sandbox, with a W&B key available under WANDB_TEST_KEY."""
+    adapter = TogetherAPI(remote_settings, secrets={"WANDB_TEST_KEY": "wandb-secret-value"})
+    yield adapter
+    await adapter.close()

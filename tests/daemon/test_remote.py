@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 
@@ -14,32 +13,10 @@ from daemon.config import Settings
 from daemon.errors import BadInput, FinetunedError, Paused, RemoteRejected, TransientError
 from daemon.remote import FineTuneRequest, TogetherAPI
 from daemon.remote_policy import retry_after_s, with_retries
-from daemon.sandbox import SandboxHandle, start_sandbox
+from daemon.sandbox import SandboxHandle
 from handlers.upload import sha256_file
 from tests.conftest import with_
 from tests.sandbox.helpers import API_KEY, BASE_MODEL, make_spec, script_fault, stats, write_chat_jsonl
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxHandle]:
-    """A fast sandbox on loopback."""
-    handle = await start_sandbox(speed=1000.0)
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-def remote_settings(settings: Settings, sandbox: SandboxHandle) -> Settings:
-    """Settings pointing the adapter at the sandbox."""
-    return with_(settings, together_api_key=API_KEY, together_base_url=sandbox.base_url, request_timeout_s=5.0)
-
-
-@pytest.fixture
-async def api(remote_settings: Settings) -> AsyncIterator[TogetherAPI]:
-    """The adapter, with a W&B key available under WANDB_TEST_KEY."""
-    adapter = TogetherAPI(remote_settings, secrets={"WANDB_TEST_KEY": "wandb-secret-value"})
-    yield adapter
-    await adapter.close()
 
 
 def request_for(file_id: str, **finetune: object) -> FineTuneRequest:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,11 @@ from daemon.config import Settings
 from daemon.context import JobContext
 from daemon.errors import BadInput, Paused, RemoteRejected
 from daemon.remote import TogetherAPI
-from daemon.sandbox import SandboxHandle, start_sandbox
+from daemon.sandbox import SandboxHandle
 from handlers import create, upload
 from handlers.create import make_tag, suffix_for
 from tests.conftest import with_
 from tests.sandbox.helpers import (
-    API_KEY,
     DictJournal,
     admin,
     make_ctx,
@@ -25,28 +23,6 @@ from tests.sandbox.helpers import (
     stats,
     write_chat_jsonl,
 )
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxHandle]:
-    """A sandbox on loopback."""
-    handle = await start_sandbox(speed=1000.0, retry_after_s=0.02)
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-def remote_settings(settings: Settings, sandbox: SandboxHandle) -> Settings:
-    """Settings pointing at the sandbox."""
-    return with_(settings, together_api_key=API_KEY, together_base_url=sandbox.base_url, request_timeout_s=5.0)
-
-
-@pytest.fixture
-async def api(remote_settings: Settings) -> AsyncIterator[TogetherAPI]:
-    """The Together adapter."""
-    adapter = TogetherAPI(remote_settings)
-    yield adapter
-    await adapter.close()
 
 
 async def uploaded_ctx(

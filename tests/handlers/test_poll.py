@@ -20,7 +20,6 @@ from handlers import create, poll, upload
 from handlers.poll import EVENTS_FILE, with_metrics
 from tests.conftest import with_
 from tests.sandbox.helpers import (
-    API_KEY,
     DictJournal,
     admin,
     make_ctx,
@@ -37,20 +36,6 @@ async def sandbox() -> AsyncIterator[SandboxHandle]:
     handle = await start_sandbox(speed=500.0, retry_after_s=0.02)
     yield handle
     await handle.close()
-
-
-@pytest.fixture
-def remote_settings(settings: Settings, sandbox: SandboxHandle) -> Settings:
-    """Settings pointing at the sandbox, polling every 10-50 ms."""
-    return with_(settings, together_api_key=API_KEY, together_base_url=sandbox.base_url, request_timeout_s=5.0)
-
-
-@pytest.fixture
-async def api(remote_settings: Settings) -> AsyncIterator[TogetherAPI]:
-    """The Together adapter."""
-    adapter = TogetherAPI(remote_settings)
-    yield adapter
-    await adapter.close()
 
 
 async def created(

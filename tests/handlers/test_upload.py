@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,28 +14,6 @@ from handlers import upload
 from handlers.upload import sha256_file
 from tests.conftest import with_
 from tests.sandbox.helpers import API_KEY, DictJournal, make_ctx, make_spec, script_fault, stats, write_chat_jsonl
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxHandle]:
-    """A sandbox on loopback."""
-    handle = await start_sandbox(speed=1000.0, retry_after_s=0.02)
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-def remote_settings(settings: Settings, sandbox: SandboxHandle) -> Settings:
-    """Settings pointing at the sandbox, fast backoff."""
-    return with_(settings, together_api_key=API_KEY, together_base_url=sandbox.base_url, request_timeout_s=5.0)
-
-
-@pytest.fixture
-async def api(remote_settings: Settings) -> AsyncIterator[TogetherAPI]:
-    """The Together adapter."""
-    adapter = TogetherAPI(remote_settings)
-    yield adapter
-    await adapter.close()
 
 
 def inputs_for(train: Path, validation: Path | None = None) -> dict[str, dict[str, object]]:
