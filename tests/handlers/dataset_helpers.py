@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from daemon.config import Settings
 from daemon.context import JobContext
 from daemon.spec import JobSpec
+from tests.memory import DictJournal, MemoryItems, ProgressLog
 
 # Stories chosen to exercise the bytes `datasets`/pandas write: slashes, non-ASCII, astral characters, quotes,
 # backslashes, control characters, DEL, line separators, braces (the template is filled with .format).
@@ -112,47 +113,6 @@ def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-class MemoryJournal:
-    """A journal kept in a dict (the runner's is durable; prepare/validate never use it)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        """The recorded value, or None."""
-        return self.values.get(key)
-
-    async def record(self, key: str, value: str) -> None:
-        """Remember `value`."""
-        self.values[key] = value
-
-
-class MemoryItems:
-    """An item store kept in a dict."""
-
-    def __init__(self) -> None:
-        self.groups: dict[str, dict[str, dict[str, Any]]] = {}
-
-    async def load(self, group: str) -> dict[str, dict[str, Any]]:
-        """Saved items of `group`."""
-        return dict(self.groups.get(group, {}))
-
-    async def save(self, group: str, item_id: str, record: dict[str, Any]) -> None:
-        """Save one item."""
-        self.groups.setdefault(group, {})[item_id] = record
-
-
-class ProgressLog:
-    """Records every progress call, so tests can see what a step published."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    async def __call__(self, **progress: Any) -> None:
-        """Remember one progress update."""
-        self.calls.append(progress)
-
-
 def make_context(tmp_path: Path, spec: dict[str, Any]) -> JobContext:
     """A JobContext for one job of `spec` with its outbox and work folders under tmp_path."""
     job = JobSpec.model_validate(spec)
@@ -165,7 +125,7 @@ def make_context(tmp_path: Path, spec: dict[str, Any]) -> JobContext:
         settings=Settings(),
         out_dir=out_dir,
         work_dir=work_dir,
-        journal=MemoryJournal(),
+        journal=DictJournal(),
         items=MemoryItems(),
         progress=ProgressLog(),
     )

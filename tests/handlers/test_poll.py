@@ -67,7 +67,7 @@ async def test_poll_follows_the_job_to_its_model_and_saves_the_loss_curve(
     assert len(events) == out["events"] == len({json.dumps(e, sort_keys=True) for e in events})
     losses = [e["loss"] for e in events if "loss" in e]
     assert len(losses) >= 5 and losses[-1] < losses[0] and out["final_loss"] == losses[-1]
-    statuses = [u["remote_status"] for u in ctx.progress.updates if "remote_status" in u]  # type: ignore[attr-defined]
+    statuses = [u["remote_status"] for u in ctx.progress.calls if "remote_status" in u]  # type: ignore[attr-defined]
     assert statuses[-1] == "completed" and "running" in statuses
 
 

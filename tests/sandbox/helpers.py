@@ -11,6 +11,7 @@ import aiohttp
 from daemon.config import Settings
 from daemon.context import JobContext
 from daemon.spec import JobSpec
+from tests.memory import DictJournal, MemoryItems, ProgressLog
 
 API_KEY = "sk-test-SECRET-0123456789"
 BASE_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
@@ -24,49 +25,6 @@ QUESTIONS = [
     ("What did Max chase?", "the ducks"),
     ("What did Anna bake?", "apple pies"),
 ]
-
-
-class DictJournal:
-    """A dict-backed journal that also remembers the order of writes."""
-
-    def __init__(self, initial: dict[str, str] | None = None) -> None:
-        self.values: dict[str, str] = dict(initial or {})
-        self.writes: list[tuple[str, str]] = []
-
-    def get(self, key: str) -> str | None:
-        """The recorded value, or None."""
-        return self.values.get(key)
-
-    async def record(self, key: str, value: str) -> None:
-        """Record a value (in memory)."""
-        self.values[key] = value
-        self.writes.append((key, value))
-
-
-class MemoryItems:
-    """Per-item results in memory."""
-
-    def __init__(self) -> None:
-        self.groups: dict[str, dict[str, dict[str, Any]]] = {}
-
-    async def load(self, group: str) -> dict[str, dict[str, Any]]:
-        """Every item of a group."""
-        return dict(self.groups.get(group, {}))
-
-    async def save(self, group: str, item_id: str, record: dict[str, Any]) -> None:
-        """Save one item."""
-        self.groups.setdefault(group, {})[item_id] = record
-
-
-class RecordingProgress:
-    """Remembers every progress update."""
-
-    def __init__(self) -> None:
-        self.updates: list[dict[str, Any]] = []
-
-    async def __call__(self, **progress: Any) -> None:
-        """Record one update."""
-        self.updates.append(progress)
 
 
 def chat_line(story: str = STORY, turns: list[tuple[str, str]] | None = None, tag: str = "") -> str:
@@ -105,7 +63,7 @@ def make_ctx(tmp_path: Path, spec: JobSpec, settings: Settings, remote: Any, jou
         work_dir=work_dir,
         journal=journal,
         items=MemoryItems(),
-        progress=RecordingProgress(),
+        progress=ProgressLog(),
         remote=remote,
     )
 
