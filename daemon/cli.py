@@ -20,6 +20,7 @@ from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.files import atomic_write_bytes, fsync_dir
 from daemon.intake import CANCEL_DIR
+from daemon.sandbox.__main__ import add_arguments as sandbox_flags
 from daemon.spool import is_candidate
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
@@ -62,12 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--pred", type=Path, required=True, help="predictions: a JSON list of {id, turn_id, answer}")
 
     sandbox = commands.add_parser("sandbox", help="serve the Together-compatible sandbox API on loopback")
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8765)
-    sandbox.add_argument("--speed", type=float, default=60.0, help="clock compression for fine-tune jobs")
-    sandbox.add_argument("--latency-ms", default="0", help="chat latency: '50' or a range '20-80'")
-    sandbox.add_argument("--fault-rate", type=float, default=0.0, help="share of API requests answered 429/5xx")
-    sandbox.add_argument("--seed", type=int, default=0)
+    sandbox_flags(sandbox)
     return parser
 
 
@@ -262,18 +258,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    """`finetuned sandbox`: serve until interrupted."""
-    from daemon.sandbox import serve_sandbox
+    """`finetuned sandbox`: serve until interrupted (the same as `python -m daemon.sandbox`)."""
+    from daemon.sandbox.__main__ import serve
 
     logs.configure("info")
-    asyncio.run(
-        serve_sandbox(
-            args.host,
-            args.port,
-            speed=args.speed,
-            latency_ms=args.latency_ms,
-            fault_rate=args.fault_rate,
-            seed=args.seed,
-        )
-    )
-    return 0
+    return serve(args)

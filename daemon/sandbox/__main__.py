@@ -10,9 +10,8 @@ import signal
 from daemon.sandbox import DEFAULT_SPEED, serve_sandbox
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags and serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m daemon.sandbox", description="Simulated Together API.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sandbox's flags (shared with `finetuned sandbox`)."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--speed", type=float, default=DEFAULT_SPEED, help="simulated seconds per real second")
@@ -20,7 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of /v1/ requests answered 429/5xx")
     parser.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of injected 429s")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and serve until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m daemon.sandbox", description="Simulated Together API.")
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve with the parsed flags until SIGINT or SIGTERM."""
     print(f"sandbox (SIMULATED Together API) on http://{args.host}:{args.port}", flush=True)
     asyncio.run(_serve_until_signalled(args))
     return 0
