@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_SPEC ?= examples/coqa-demo.yaml
-SANDBOX := $(if $(TOGETHER_API_KEY),,--sandbox)
+SANDBOX := $(if $(TOGETHER_API_KEY)$(shell grep -s '^TOGETHER_API_KEY=.' .env),,--sandbox)
 
 .PHONY: demo test lint install clean-demo
 
