@@ -190,12 +190,11 @@ class Session:
             record = _error_record(exc)
             self.first_error = self.first_error or exc
         record |= {"story_id": story.id, "turn_id": turn.turn_id, "model": target.model}
+        key = item_id(story.id, turn.turn_id)
         if record["error"] is not None:
-            log.warning(
-                "eval_item_failed", model=target.alias, item=item_id(story.id, turn.turn_id), error=record["error"]
-            )
-        await self.ctx.items.save(target.alias, item_id(story.id, turn.turn_id), record)
-        self.records[target.alias][item_id(story.id, turn.turn_id)] = record
+            log.warning("eval_item_failed", model=target.alias, item=key, error=record["error"])
+        await self.ctx.items.save(target.alias, key, record)
+        self.records[target.alias][key] = record
         self.tracker.count(target.alias, error=record["error"] is not None)
         await self.tracker.publish()
         return record
