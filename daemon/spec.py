@@ -44,7 +44,7 @@ class DatasetSpec(_Strict):
     max_turns: PositiveInt | None = None
     validation_size: PositiveInt | None = None
     min_examples: PositiveInt = 1
-    roles: dict[str, Literal["system", "user", "assistant", "tool"]] = Field(default_factory=dict)
+    roles: dict[str, Literal["system", "user", "assistant"]] = Field(default_factory=dict)
     columns: ColumnsMapping = Field(default_factory=ColumnsMapping)
 
     @property

@@ -98,3 +98,11 @@ def test_evaluate_needs_resolvable_models() -> None:
     assert "finetuned" in problem
     spec = parse_spec(b"name: e\ndataset: {source: x}\nevaluate: {models: [base, org/m], base_model: org/b}\n")
     assert spec.resolve_model("base") == "org/b" and spec.resolve_model("org/m") == "org/m"
+
+
+def test_roles_map_only_to_roles_the_dataset_may_hold() -> None:
+    """A role rename to anything but system/user/assistant fails at the spec, not later at `validate`."""
+    spec = parse_spec(b"name: r\ndataset: {source: x, format: messages, roles: {human: user, bot: assistant}}\n")
+    assert spec.dataset.roles == {"human": "user", "bot": "assistant"}
+    (problem,) = problems_of(b"name: r\ndataset:\n  source: x\n  roles: {fn: tool}\n")
+    assert problem.startswith("spec.yaml: line 4: dataset.roles.fn:")
