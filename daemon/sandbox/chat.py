@@ -6,6 +6,7 @@ with a few words of that sentence, so a fine-tuned model scores visibly better o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -60,6 +61,7 @@ def _story(messages: list[dict[str, Any]]) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
     """A crude stem, enough to match "named"/"name", "lives"/"lived", "dog's"/"dog"."""
     word = word.lower().removesuffix("'s").rstrip("'")
@@ -74,14 +76,20 @@ def _content_stems(text: str) -> set[str]:
     return {_stem(w) for w in _WORD.findall(text) if w.lower() not in STOPWORDS}
 
 
+@functools.lru_cache(maxsize=1024)
+def _sentences(story: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """The story's sentences with their content stems; cached, since every turn of a story asks about the same one."""
+    return tuple((s.strip(), frozenset(_content_stems(s))) for s in _SENTENCE_END.split(story) if s.strip())
+
+
 def best_sentence(story: str, question: str) -> str:
     """The story sentence sharing the most content words with the question (the earliest on ties)."""
-    sentences = [s.strip() for s in _SENTENCE_END.split(story) if s.strip()]
+    sentences = _sentences(story)
     if not sentences:
         return story.strip()
     wanted = _content_stems(question)
-    scores = [len(wanted & _content_stems(s)) for s in sentences]
-    return sentences[scores.index(max(scores))]
+    scores = [len(wanted & stems) for _, stems in sentences]
+    return sentences[scores.index(max(scores))][0]
 
 
 def short_answer(sentence: str, question: str) -> str:
