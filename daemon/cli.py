@@ -49,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("spec", type=Path)
 
     status = commands.add_parser("status", parents=[spool], help="show jobs (all, or one)")
-    status.add_argument("job", nargs="?")
+    status.add_argument("job", nargs="?", help="a job id, or its start (e.g. the spec's name)")
     status.add_argument("--json", action="store_true", help="print status documents as JSON")
 
     check = commands.add_parser("check", parents=[spool], help="validate a spec and its dataset offline")
     check.add_argument("spec", type=Path)
 
     cancel = commands.add_parser("cancel", parents=[spool], help="cancel a job (and its remote fine-tune)")
-    cancel.add_argument("job")
+    cancel.add_argument("job", help="a job id, or its start when only one job matches")
 
     score = commands.add_parser("score", help="score predictions with the official CoQA scorer's semantics")
     score.add_argument("--data", type=Path, required=True, help="CoQA data file (original json format)")
@@ -174,23 +174,30 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """`finetuned status [JOB] [--json]`: read the status.json files of the outbox."""
+    """`finetuned status [JOB] [--json]`: read the status.json files of the outbox; JOB may be an id's start."""
     documents = read_statuses(settings.outbox)
     if args.job:
-        documents = [d for d in documents if d.get("job_id") == args.job]
+        documents = matching_jobs(documents, args.job)
         if not documents:
             print(f"finetuned: no job {args.job!r} in {settings.outbox}", file=sys.stderr)
             return 1
+    one = len(documents) == 1 and bool(args.job)
     if args.json:
-        print(json.dumps(documents[0] if args.job else documents, indent=2))
+        print(json.dumps(documents[0] if one else documents, indent=2))
         return 0
     for document in documents:
         print(_status_line(document))
-        if args.job:
+        if one:
             print(json.dumps(document, indent=2))
     if not documents:
         print(f"no jobs in {settings.outbox}")
     return 0
+
+
+def matching_jobs(documents: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:
+    """The job whose id is `query`, else every job whose id starts with it (a name finds all its runs)."""
+    exact = [d for d in documents if d.get("job_id") == query]
+    return exact or [d for d in documents if str(d.get("job_id", "")).startswith(query)]
 
 
 def read_statuses(outbox: Path) -> list[dict[str, Any]]:
@@ -224,14 +231,18 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned cancel JOB`: leave a request the daemon acts on (it is the only writer of state)."""
-    job_id: str = args.job
-    if not JOB_ID_PATTERN.match(job_id) or not is_candidate(job_id):
-        print(f"finetuned: {job_id!r} is not a job id", file=sys.stderr)
+    query: str = args.job
+    if not JOB_ID_PATTERN.match(query) or not is_candidate(query):
+        print(f"finetuned: {query!r} is not a job id", file=sys.stderr)
         return 1
-    status = settings.outbox / job_id / "status.json"
-    if not status.is_file():
-        print(f"finetuned: no job {job_id!r} in {settings.outbox}", file=sys.stderr)
+    matches = [str(d["job_id"]) for d in matching_jobs(read_statuses(settings.outbox), query) if "job_id" in d]
+    if not matches:
+        print(f"finetuned: no job {query!r} in {settings.outbox}", file=sys.stderr)
         return 1
+    if len(matches) > 1:
+        print(f"finetuned: {query!r} matches {len(matches)} jobs: {', '.join(matches)}; name one", file=sys.stderr)
+        return 1
+    (job_id,) = matches
     folder = settings.state_dir / CANCEL_DIR
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / job_id, b"")

@@ -53,3 +53,32 @@ def test_score_reports_bad_input_with_exit_2(tmp_path: Path, capsys: pytest.Capt
     preds.write_text(json.dumps({"id": "x"}))
     assert main(["score", "--data", str(data), "--pred", str(preds)], environ={}) == 2
     assert "predictions must be a JSON list" in capsys.readouterr().err
+
+
+def write_status(outbox: Path, job_id: str, status: str, created_at: str) -> None:
+    (outbox / job_id).mkdir(parents=True)
+    document = {"job_id": job_id, "status": status, "created_at": created_at}
+    (outbox / job_id / "status.json").write_text(json.dumps(document))
+
+
+def test_status_and_cancel_take_the_start_of_an_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job is found by its name (the start of its id): status lists every run, cancel needs exactly one."""
+    out = tmp_path / "out"
+    write_status(out, "coqa-1111aaaa", "completed", "2026-01-01T00:00:00Z")
+    write_status(out, "coqa-2222bbbb", "running", "2026-01-02T00:00:00Z")
+    write_status(out, "other-3333cccc", "running", "2026-01-03T00:00:00Z")
+    capsys.readouterr()
+
+    assert main(["status", "coqa", *spool_args(tmp_path)], environ={}) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["coqa-1111aaaa", "completed"], ["coqa-2222bbbb", "running"]]
+    assert main(["status", "coqa-2", "--json", *spool_args(tmp_path)], environ={}) == 0
+    assert json.loads(capsys.readouterr().out)["job_id"] == "coqa-2222bbbb"
+    assert main(["status", "nothing", *spool_args(tmp_path)], environ={}) == 1
+    assert "no job 'nothing'" in capsys.readouterr().err
+
+    assert main(["cancel", "coqa", *spool_args(tmp_path)], environ={}) == 1
+    assert "'coqa' matches 2 jobs: coqa-1111aaaa, coqa-2222bbbb" in capsys.readouterr().err
+    assert not (tmp_path / "st" / "cancel").exists()
+    assert main(["cancel", "other", *spool_args(tmp_path)], environ={}) == 0
+    assert sorted(p.name for p in (tmp_path / "st" / "cancel").iterdir()) == ["other-3333cccc"]
