@@ -17,6 +17,11 @@ def iso(epoch_s: float | None) -> str | None:
     return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def remote_ids(journal: dict[str, str]) -> dict[str, str]:
+    """The remote ids a user looks for (the journal also holds intents and deadlines, which are ours)."""
+    return {k: journal[k] for k in REMOTE_KEYS if k in journal}
+
+
 def status_document(record: JobRecord, progress: dict[str, Any], pause_reason: str | None) -> dict[str, Any]:
     """Everything a person or a program wants to know about a job, from its state-store record."""
     steps: dict[str, Any] = {}
@@ -37,7 +42,7 @@ def status_document(record: JobRecord, progress: dict[str, Any], pause_reason: s
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
         "steps": steps,
-        "remote": {k: record.journal[k] for k in REMOTE_KEYS if k in record.journal},
+        "remote": remote_ids(record.journal),
     }
     if progress:
         document["progress"] = progress

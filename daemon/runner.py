@@ -30,7 +30,7 @@ from daemon.errors import (
 )
 from daemon.faults import crash_point
 from daemon.gate import RemoteGate
-from daemon.jobstatus import status_document
+from daemon.jobstatus import remote_ids, status_document
 from daemon.logs import JOB_SINKS
 from daemon.spec import JobSpec, parse_spec
 from daemon.state import TERMINAL, JobStatus, StateStore
@@ -316,7 +316,7 @@ class Runner:
                 for n, s in (record.steps.items() if record else ())
                 if s.finished_at is not None and s.started_at is not None
             },
-            remote=record.journal if record else {},
+            remote=remote_ids(record.journal) if record else {},
             error_type=error["type"] if error else None,
         )
 

@@ -70,6 +70,8 @@ async def test_finetune_job_end_to_end(spool: Path, sandbox: SandboxHandle) -> N
     assert requests["POST /v1/files"] == 1 and requests["POST /v1/fine-tunes"] == 1
     folder = spool / "outbox" / status["job_id"]
     assert (folder / "train.jsonl").is_file() and (folder / "events.jsonl").is_file()
+    (finished,) = [e for e in events(spool, status["job_id"]) if e["event"] == "job_finished"]
+    assert finished["remote"] == status["remote"]  # the ids a user looks for, not the journal's intents
 
 
 BOUNDARIES = [
