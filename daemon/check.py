@@ -69,9 +69,10 @@ def _print_counts(counts: dict[str, Any], out: TextIO) -> None:
             continue
         longest = figures["longest_example"] or {}
         out.write(
-            f"{name}.jsonl: {figures['examples']:,} examples, {figures['turns']:,} turns, "
-            f"{figures['characters']:,} characters, ~{figures['estimated_tokens']:,} tokens; longest: line "
-            f"{longest.get('line')} (~{longest.get('estimated_tokens', 0):,} tokens, {longest.get('turns', 0)} turns)\n"
+            f"{name}.jsonl: {_count(figures['examples'], 'example')}, {_count(figures['turns'], 'turn')}, "
+            f"{_count(figures['characters'], 'character')}, ~{_count(figures['estimated_tokens'], 'token')}; "
+            f"longest: line {longest.get('line')} (~{_count(longest.get('estimated_tokens', 0), 'token')}, "
+            f"{_count(longest.get('turns', 0), 'turn')})\n"
         )
     if counts.get("eval"):
         ev = counts["eval"]
@@ -88,3 +89,8 @@ def _print_problems(report: FileReport, out: TextIO) -> None:
     if total > len(report.problems):
         out.write(f"  ... and {total - len(report.problems)} more\n")
     out.write("  by kind: " + ", ".join(f"{kind} x{n}" for kind, n in report.kinds.most_common()) + "\n")
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 turn`, `2,048 turns`."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
