@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from daemon.config import Settings  # noqa: E402
 from daemon.context import JobContext  # noqa: E402
 from daemon.spec import JobSpec  # noqa: E402
-from daemon.state import StateStore  # noqa: E402
+from daemon.state import ITEM_COMMIT_INTERVAL_S, StateStore  # noqa: E402
 from handlers import evaluate  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "BENCHMARKS.md"
@@ -305,11 +305,10 @@ def markdown(args: argparse.Namespace, r: dict[str, Any]) -> str:
     ]
     for run in r["runs"]:
         wall, ideal = run["wall_s"], run["ideal_s"]
-        added_ms = (wall - ideal) * args.concurrency / r["requests"] * 1000
-        cpu = f"{run['client_cpu_s'] * 1000 / r['requests']:.2f} / {run['server_cpu_s'] * 1000 / r['requests']:.2f} ms"
+        cpu = f"{cpu_ms(run, 'client_cpu_s', r):.2f} / {cpu_ms(run, 'server_cpu_s', r):.2f} ms"
         lines.append(
             f"| {run['latency_ms']} ms | {STORES[run['store']]} | {ideal:.2f} s | {wall:.2f} s | {ideal / wall:.1%}"
-            f" | {r['requests'] / wall:.0f} | {added_ms:.0f} ms | {cpu} |"
+            f" | {r['requests'] / wall:.0f} | {added_ms(run, args, r):.0f} ms | {cpu} |"
         )
     lines += ["", analysis(args, r)]
     if "cookbook" in r:
@@ -326,15 +325,18 @@ def markdown(args: argparse.Namespace, r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_ms(run: dict[str, Any], key: str, r: dict[str, Any]) -> float:
+    """CPU milliseconds per request of one side (`client_cpu_s` or `server_cpu_s`)."""
+    return float(run[key]) * 1000 / r["requests"]
+
+
+def added_ms(run: dict[str, Any], args: argparse.Namespace, r: dict[str, Any]) -> float:
+    """How much later than its latency a request finished, on average."""
+    return float(run["wall_s"] - run["ideal_s"]) * args.concurrency / r["requests"] * 1000
+
+
 def analysis(args: argparse.Namespace, r: dict[str, Any]) -> str:
     """What the table says, from this run's figures."""
-
-    def per_request_ms(run: dict[str, Any], key: str) -> float:
-        return float(run[key]) * 1000 / r["requests"]
-
-    def added_ms(run: dict[str, Any]) -> float:
-        return float(run["wall_s"] - run["ideal_s"]) * args.concurrency / r["requests"] * 1000
-
     shortest = min(args.latency_ms)
     floor = next(x for x in r["runs"] if x["latency_ms"] == shortest and x["store"] == "floor")
     ours = next(x for x in r["runs"] if x["latency_ms"] == shortest and x["store"] == "sqlite")
@@ -352,12 +354,12 @@ def analysis(args: argparse.Namespace, r: dict[str, Any]) -> str:
         " finishes a roughly constant time after its latency, so efficiency grows with latency. The answers to a"
         f" wave of {args.concurrency} requests arrive together and each side's single event loop handles them one"
         " after another, so the last of a wave waits for the others: the added time follows the CPU per request."
-        f" At {shortest} ms the floor adds {added_ms(floor):.0f} ms per request with"
-        f" {per_request_ms(floor, 'client_cpu_s'):.2f} ms of client CPU, `evaluate` {added_ms(ours):.0f} ms with"
-        f" {per_request_ms(ours, 'client_cpu_s'):.2f} ms (retries, the adaptive limit, prompts, scoring, and the"
-        " SQLite store: every answer committed before its save returns, at most one group commit per 20 ms, one"
-        " multi-row INSERT each). A real provider serves a wave in parallel and takes 300 ms to seconds per"
-        f" answer. {verdict}."
+        f" At {shortest} ms the floor adds {added_ms(floor, args, r):.0f} ms per request with"
+        f" {cpu_ms(floor, 'client_cpu_s', r):.2f} ms of client CPU, `evaluate` {added_ms(ours, args, r):.0f} ms"
+        f" with {cpu_ms(ours, 'client_cpu_s', r):.2f} ms (retries, the adaptive limit, prompts, scoring, and the"
+        " SQLite store: every answer committed before its save returns, at most one group commit per"
+        f" {ITEM_COMMIT_INTERVAL_S * 1000:.0f} ms, one multi-row INSERT each). A real provider serves a wave in"
+        f" parallel and takes 300 ms to seconds per answer. {verdict}."
     )
 
 
