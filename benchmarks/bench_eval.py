@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.config import Settings  # noqa: E402
-from daemon.context import JobContext  # noqa: E402
+from daemon.jobs.context import JobContext  # noqa: E402
+from daemon.jobs.state import ITEM_COMMIT_INTERVAL_S, StateStore  # noqa: E402
 from daemon.spec import JobSpec  # noqa: E402
-from daemon.state import ITEM_COMMIT_INTERVAL_S, StateStore  # noqa: E402
 from handlers import evaluate  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "BENCHMARKS.md"

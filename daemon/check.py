@@ -9,8 +9,8 @@ from typing import Any, TextIO
 from daemon.config import Settings
 from daemon.errors import DatasetError, SpecError, TransientError
 from daemon.spec import JobSpec, parse_spec
+from handlers.dataset.stats import TOKEN_ESTIMATE
 from handlers.prepare import prepare_dataset
-from handlers.stats import TOKEN_ESTIMATE
 from handlers.validate import FileReport, validate_file
 
 

@@ -18,10 +18,10 @@ from dotenv import dotenv_values
 from daemon import logs
 from daemon.config import Settings
 from daemon.errors import StartupError
-from daemon.files import atomic_write_bytes, fsync_dir
-from daemon.intake import CANCEL_DIR
 from daemon.sandbox.__main__ import add_arguments as sandbox_flags
-from daemon.spool import is_candidate
+from daemon.spool.files import atomic_write_bytes, fsync_dir
+from daemon.spool.inbox import is_candidate
+from daemon.spool.intake import CANCEL_DIR
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 
@@ -113,8 +113,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(settings: Settings, *, once: bool, sandbox: bool, sandbox_speed: float) -> int:
-    from daemon.pipeline import STEPS
-    from daemon.remote import TogetherAPI
+    from daemon.jobs.pipeline import STEPS
+    from daemon.remote.together import TogetherAPI
     from daemon.sandbox import start_sandbox
     from daemon.service import Service
 
@@ -252,8 +252,8 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """`finetuned score --data --pred`: print the official scorer's JSON structure."""
-    from daemon import scoring
     from daemon.errors import DatasetError
+    from handlers.scoring import coqa as scoring
 
     try:
         result = scoring.score_files(args.data, args.pred)

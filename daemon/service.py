@@ -19,14 +19,14 @@ from typing import IO, Any
 import structlog
 import watchfiles
 
-from daemon import spool
 from daemon.config import Settings
 from daemon.errors import StartupError
-from daemon.gate import RemoteGate
-from daemon.intake import CANCEL_DIR, Intake
-from daemon.runner import Runner
-from daemon.state import StateStore
-from daemon.steps import Step
+from daemon.jobs.runner import Runner
+from daemon.jobs.state import StateStore
+from daemon.jobs.steps import Step
+from daemon.remote.gate import RemoteGate
+from daemon.spool import inbox as spool
+from daemon.spool.intake import CANCEL_DIR, Intake
 from daemon.systemd import Notifier
 
 log = structlog.get_logger()
@@ -113,7 +113,9 @@ class Service:
     @contextlib.asynccontextmanager
     async def _background(self, runner: Runner) -> AsyncIterator[None]:
         """The watcher, the watchdog and the status server live exactly as long as the intake loop."""
-        from daemon.status import StatusServer  # the status app imports aiohttp.web; only a running daemon needs it
+        from daemon.status_server import (
+            StatusServer,  # the status app imports aiohttp.web; only a running daemon needs it
+        )
 
         server = StatusServer(self.settings, runner)
         await server.start()

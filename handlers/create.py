@@ -14,10 +14,10 @@ from typing import Any
 
 import structlog
 
-from daemon.context import JobContext, StepInputs, StepOutput
 from daemon.errors import BadInput, Paused, RemoteRejected, TransientError
-from daemon.remote import FineTuneAPI, FineTuneRequest, PriceEstimate, RemoteJob
-from daemon.remote_policy import with_retries
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.remote.api import FineTuneAPI, FineTuneRequest, PriceEstimate, RemoteJob
+from daemon.remote.classify import with_retries
 from daemon.spec import FinetuneSpec
 
 TAG_HASH_CHARS = 5  # from sha256(job id): which daemon job this is

@@ -17,12 +17,12 @@ from typing import Any
 import structlog
 from yarl import URL
 
-from daemon import scoring
-from daemon.chat import ChatClient, ChatEndpoint, ChatReply, ChatRequest, ContextLengthExceeded, chat_url
-from daemon.context import JobContext, StepInputs, StepOutput
 from daemon.errors import DatasetError, FinetunedError, Paused, RemoteRejected, SpecError, TransientError
-from daemon.files import atomic_write_bytes, write_json
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.remote.chat import ChatClient, ChatEndpoint, ChatReply, ChatRequest, ContextLengthExceeded, chat_url
 from daemon.spec import EvaluateSpec
+from daemon.spool.files import atomic_write_bytes, write_json
+from handlers.scoring import coqa as scoring
 
 log = structlog.get_logger()
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import structlog
 
-from daemon.backoff import Backoff
-from daemon.context import JobContext, StepInputs, StepOutput
 from daemon.errors import RemoteJobFailed, RemoteRejected, TransientError
-from daemon.files import atomic_write_bytes
-from daemon.remote import FAILED_STATUSES, TERMINAL_STATUSES, FineTuneAPI, RemoteJob, RemoteStatus
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.remote.api import FAILED_STATUSES, TERMINAL_STATUSES, FineTuneAPI, RemoteJob, RemoteStatus
+from daemon.remote.backoff import Backoff
+from daemon.spool.files import atomic_write_bytes
 
 EVENTS_FILE = "events.jsonl"
 DEADLINE_KEY = "poll.deadline_at"

@@ -20,14 +20,14 @@ from typing import IO, Any
 
 import structlog
 
-from daemon.context import JobContext, StepInputs, StepOutput
 from daemon.errors import DatasetError, JobCancelled
-from daemon.files import atomic_write_json, fsync_dir
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
 from daemon.spec import DatasetSpec
-from handlers.jsonio import MAX_ROW_BYTES
-from handlers.loading import Location, SplitSource, open_split
-from handlers.mapping import Example, Mapper, Projection, RowProblem, check_columns, make_mapper
-from handlers.stats import TOKEN_ESTIMATE, FileStats
+from daemon.spool.files import atomic_write_json, fsync_dir
+from handlers.dataset.jsonio import MAX_ROW_BYTES
+from handlers.dataset.loading import Location, SplitSource, open_split
+from handlers.dataset.mapping import Example, Mapper, Projection, RowProblem, check_columns, make_mapper
+from handlers.dataset.stats import TOKEN_ESTIMATE, FileStats
 
 log = structlog.get_logger()
 

@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 from matplotlib.figure import Figure
 
-from daemon.context import JobContext, StepInputs, StepOutput
-from daemon.files import atomic_write_bytes
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.spool.files import atomic_write_bytes
 
 log = structlog.get_logger()
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import structlog
 
-from daemon.context import JobContext, StepInputs, StepOutput
 from daemon.errors import DatasetError
-from daemon.remote import FineTuneAPI, RemoteFile
-from daemon.remote_policy import with_retries
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.remote.api import FineTuneAPI, RemoteFile
+from daemon.remote.classify import with_retries
 
 HASH_CHUNK_BYTES = 1024 * 1024
 log = structlog.get_logger()

@@ -14,12 +14,12 @@ from typing import IO, Any
 
 import structlog
 
-from daemon.context import JobContext, StepInputs, StepOutput
 from daemon.errors import DatasetError
-from daemon.files import atomic_write_json
-from handlers.jsonio import MAX_ROW_BYTES
-from handlers.rules import Kind, Problem, check_fields, detect_format
-from handlers.stats import TOKEN_ESTIMATE, FileStats, measure
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.spool.files import atomic_write_json
+from handlers.dataset.jsonio import MAX_ROW_BYTES
+from handlers.dataset.rules import Kind, Problem, check_fields, detect_format
+from handlers.dataset.stats import TOKEN_ESTIMATE, FileStats, measure
 
 log = structlog.get_logger()
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Settings
-from daemon.remote import TogetherAPI
+from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
-from tests.sandbox.helpers import API_KEY as SANDBOX_KEY
+from tests.daemon.sandbox.helpers import API_KEY as SANDBOX_KEY
 
 
 @pytest.fixture

@@ -9,14 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*ROOT.joinpath("daemon").rglob("*.py"), *ROOT.joinpath("handlers").rglob("*.py")])
 FORBIDDEN_FOR_HANDLERS = {
-    "daemon.runner",
-    "daemon.state",
+    "daemon.jobs.runner",
+    "daemon.jobs.state",
+    "daemon.jobs.pipeline",
     "daemon.service",
-    "daemon.spool",
-    "daemon.intake",
-    "daemon.status",
-    "daemon.outbox",
-    "daemon.pipeline",
+    "daemon.spool.inbox",
+    "daemon.spool.intake",
+    "daemon.spool.outbox",
+    "daemon.status_server",
+    "daemon.remote.together",
     "daemon.cli",
 }
 
@@ -47,9 +48,9 @@ def test_handlers_do_not_import_the_service_core() -> None:
 
 
 def test_only_the_adapter_imports_together() -> None:
-    """The `together` SDK is imported by daemon/remote.py alone."""
+    """The `together` SDK is imported by daemon/remote/together.py alone."""
     importers = [rel(p) for p in SOURCES if any(n == "together" or n.startswith("together.") for n in imports_of(p))]
-    assert importers == ["daemon/remote.py"]
+    assert importers == ["daemon/remote/together.py"]
 
 
 def test_only_config_reads_the_environment() -> None:
@@ -72,8 +73,8 @@ def test_one_broad_except_at_the_job_boundary() -> None:
             if isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Name):
                 if node.type.id in {"Exception", "BaseException"} and not reraises(node):
                     hits.append(rel(path))
-    assert hits.count("daemon/runner.py") == 1
-    assert [h for h in hits if h != "daemon/runner.py"] == []
+    assert hits.count("daemon/jobs/runner.py") == 1
+    assert [h for h in hits if h != "daemon/jobs/runner.py"] == []
 
 
 def test_every_test_has_a_docstring() -> None:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from daemon.config import Settings
-from daemon.context import JobContext, StepInputs, StepOutput
 from daemon.errors import BadInput, Paused, TransientError
-from daemon.files import atomic_write_json
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.jobs.steps import Step
 from daemon.service import Service
-from daemon.steps import Step
+from daemon.spool.files import atomic_write_json
 from tests.conftest import with_
 
 SPEC = "name: {name}\ndataset:\n  source: data/{name}.jsonl\n"

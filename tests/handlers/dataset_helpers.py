@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from daemon.config import Settings
-from daemon.context import JobContext
+from daemon.jobs.context import JobContext
 from daemon.spec import JobSpec
 from tests.memory import DictJournal, MemoryItems, ProgressLog
 

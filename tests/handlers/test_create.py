@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Settings
-from daemon.context import JobContext
 from daemon.errors import BadInput, Paused, RemoteRejected
-from daemon.remote import TogetherAPI
+from daemon.jobs.context import JobContext
+from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle
 from handlers import create, upload
 from handlers.create import make_tag, suffix_for
 from tests.conftest import with_
-from tests.sandbox.helpers import (
+from tests.daemon.sandbox.helpers import (
     DictJournal,
     admin,
     make_ctx,

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from daemon import scoring
 from daemon.config import Settings
-from daemon.context import JobContext
 from daemon.errors import Paused, RemoteRejected
+from daemon.jobs.context import JobContext
 from daemon.sandbox import SandboxHandle, start_sandbox
 from daemon.spec import JobSpec
 from handlers import evaluate
+from handlers.scoring import coqa as scoring
 
 SOURCES = ["mctest", "cnn", "race", "wikipedia", "gutenberg", ""]
 COLORS = ["red", "blue", "green", "white", "black", "yellow", "purple", "orange", "pink", "brown", "gray", "gold"]

@@ -12,14 +12,15 @@ import pytest
 import structlog.testing
 
 from daemon.config import Settings
-from daemon.context import JobContext
 from daemon.errors import Paused, RemoteJobFailed
-from daemon.remote import RemoteJob, RemoteStatus, TogetherAPI
+from daemon.jobs.context import JobContext
+from daemon.remote.api import RemoteJob, RemoteStatus
+from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from handlers import create, poll, upload
 from handlers.poll import EVENTS_FILE, with_metrics
 from tests.conftest import with_
-from tests.sandbox.helpers import (
+from tests.daemon.sandbox.helpers import (
     DictJournal,
     admin,
     make_ctx,

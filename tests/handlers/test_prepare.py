@@ -13,9 +13,9 @@ from together.lib import check_file
 from daemon.errors import DatasetError
 from daemon.spec import COOKBOOK_SYSTEM_PROMPT, DatasetSpec
 from handlers import prepare
-from handlers.jsonio import encode_line, read_json
-from handlers.loading import read_hub
-from handlers.mapping import CoqaMapper
+from handlers.dataset.jsonio import encode_line, read_json
+from handlers.dataset.loading import read_hub
+from handlers.dataset.mapping import CoqaMapper
 from tests.handlers.dataset_helpers import (
     coqa_rows,
     make_context,

@@ -8,12 +8,20 @@ import pytest
 
 from daemon.config import Settings
 from daemon.errors import DatasetError, Paused
-from daemon.remote import TogetherAPI
+from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from handlers import upload
 from handlers.upload import sha256_file
 from tests.conftest import with_
-from tests.sandbox.helpers import API_KEY, DictJournal, make_ctx, make_spec, script_fault, stats, write_chat_jsonl
+from tests.daemon.sandbox.helpers import (
+    API_KEY,
+    DictJournal,
+    make_ctx,
+    make_spec,
+    script_fault,
+    stats,
+    write_chat_jsonl,
+)
 
 
 def inputs_for(train: Path, validation: Path | None = None) -> dict[str, dict[str, object]]:

@@ -1,0 +1,57 @@
+"""The status document of one job, as written to `outbox/<job_id>/status.json` and served by the status endpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from daemon.jobs.state import JobRecord, JobStatus
+
+REMOTE_KEYS = ("file_id", "validation_file_id", "fine_tune_id", "model")
+
+
+def iso(epoch_s: float | None) -> str | None:
+    """UTC ISO-8601 with seconds, or None."""
+    if epoch_s is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def remote_ids(journal: dict[str, str]) -> dict[str, str]:
+    """The remote ids a user looks for (the journal also holds intents and deadlines, which are ours)."""
+    return {k: journal[k] for k in REMOTE_KEYS if k in journal}
+
+
+def status_document(record: JobRecord, progress: dict[str, Any], pause_reason: str | None) -> dict[str, Any]:
+    """Everything a person or a program wants to know about a job, from its state-store record."""
+    steps: dict[str, Any] = {}
+    for name, step in record.steps.items():
+        finished = step.finished_at if step.output is not None else None
+        steps[name] = {
+            "status": str(step.status),
+            "attempts": step.attempts,
+            "started_at": iso(step.started_at),
+            "finished_at": iso(finished),
+            "duration_s": round(finished - step.started_at, 3) if finished and step.started_at else None,
+        }
+    document: dict[str, Any] = {
+        "job_id": record.job_id,
+        "name": record.name,
+        "status": str(record.status),
+        "step": record.step,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "steps": steps,
+        "remote": remote_ids(record.journal),
+    }
+    if progress:
+        document["progress"] = progress
+    if record.status is JobStatus.paused and pause_reason:
+        document["paused"] = pause_reason
+    if record.error:
+        document["error"] = record.error
+        if "problems" in record.error:
+            document["problems"] = record.error["problems"]
+    if record.duplicates:
+        document["duplicates"] = record.duplicates
+    return document

@@ -1,0 +1,148 @@
+"""The typed boundary between the steps and a fine-tuning provider: a Protocol and its value types (no SDK here).
+
+The upload/create/poll steps call `ctx.remote`, a `FineTuneAPI`; the Together adapter implements it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from daemon.spec import FinetuneSpec
+
+
+class RemoteStatus(StrEnum):
+    """A Together fine-tuning job's status (the SDK's list, which has `user_error` where the OpenAPI enum has not)."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPRESSING = "compressing"
+    UPLOADING = "uploading"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    USER_ERROR = "user_error"
+    COMPLETED = "completed"
+
+
+TERMINAL_STATUSES: frozenset[RemoteStatus] = frozenset(
+    {RemoteStatus.COMPLETED, RemoteStatus.CANCELLED, RemoteStatus.ERROR, RemoteStatus.USER_ERROR}
+)
+FAILED_STATUSES: frozenset[RemoteStatus] = TERMINAL_STATUSES - {RemoteStatus.COMPLETED}
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """An uploaded file; `reused` when an existing upload of the same bytes was adopted instead."""
+
+    id: str
+    filename: str
+    bytes: int
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class PriceEstimate:
+    """Together's estimate: dollars (float), token counts, and whether the account may proceed."""
+
+    available: bool
+    total_usd: float | None = None
+    train_tokens: int | None = None
+    eval_tokens: int | None = None
+    allowed_to_proceed: bool | None = None
+    user_limit_usd: float | None = None
+    unavailable_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    """A fine-tuning job as the API reports it; `raw` is the JSON object (datetimes as ISO strings)."""
+
+    id: str
+    status: str
+    model_output_name: str | None
+    suffix: str | None
+    raw: dict[str, Any]
+
+    @property
+    def known_status(self) -> RemoteStatus | None:
+        """The status as a RemoteStatus, or None for a status this daemon does not know."""
+        try:
+            return RemoteStatus(self.status)
+        except ValueError:
+            return None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RemoteJob:
+        """From the job's JSON object (full, truncated or cancel answer): only `id` and `status` are required."""
+        return cls(str(raw["id"]), str(raw.get("status")), raw.get("model_output_name"), raw.get("suffix"), raw)
+
+
+@dataclass(frozen=True)
+class FineTuneRequest:
+    """Every parameter of a create call; the W&B key is named by env var and resolved by the adapter."""
+
+    training_file: str
+    model: str
+    validation_file: str = ""
+    suffix: str | None = None
+    n_epochs: int = 1
+    learning_rate: float = 1e-5
+    lora: bool = True
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float = 0.0
+    lora_trainable_modules: str = "all-linear"
+    batch_size: int | Literal["max"] = "max"
+    warmup_ratio: float = 0.0
+    lr_scheduler_type: Literal["linear", "cosine"] = "cosine"
+    min_lr_ratio: float = 0.0
+    scheduler_num_cycles: float = 0.5
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    train_on_inputs: bool | Literal["auto"] = "auto"
+    n_checkpoints: int = 1
+    n_evals: int = 0
+    max_seq_length: int | None = None
+    packing: bool = True
+    random_seed: int | None = None
+    wandb_project_name: str | None = None
+    wandb_name: str | None = None
+    wandb_api_key_env: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: FinetuneSpec, *, training_file: str, validation_file: str, suffix: str) -> FineTuneRequest:
+        """Carry every parameter of the spec's `finetune` section."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"training_file", "validation_file", "suffix"}
+        values = {name: getattr(spec, name) for name in fields if hasattr(spec, name)}
+        values["lr_scheduler_type"] = spec.lr_scheduler
+        return cls(training_file=training_file, validation_file=validation_file, suffix=suffix, **values)
+
+    def sdk_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `fine_tuning.create` / `create_finetune_request` (without the W&B key)."""
+        kwargs = dataclasses.asdict(self)
+        del kwargs["wandb_api_key_env"]
+        return kwargs
+
+
+class FineTuneAPI(Protocol):
+    """What the upload/create/poll steps use (as `ctx.remote`); daemon.remote.together.TogetherAPI implements it.
+
+    Every method raises only daemon.errors types: Paused, TransientError, RemoteRejected, DatasetError, BadInput.
+    """
+
+    async def upload(self, path: Path, *, sha256: str) -> RemoteFile: ...
+    async def get_file(self, file_id: str) -> RemoteFile | None: ...
+    async def find_file(self, filename: str, size_bytes: int, sha256: str) -> RemoteFile | None: ...
+    async def estimate_price(self, request: FineTuneRequest) -> PriceEstimate: ...
+    async def create(self, request: FineTuneRequest) -> RemoteJob: ...
+    async def find_job(self, tag: str) -> RemoteJob | None: ...
+    async def retrieve(self, job_id: str) -> RemoteJob: ...
+    async def events(self, job_id: str) -> list[dict[str, Any]]: ...
+    async def cancel(self, job_id: str) -> RemoteJob: ...
+    async def probe(self) -> None: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,406 @@
+"""OpenAI-compatible chat completions for the evaluate step: one aiohttp session per provider, a bound on in-flight
+requests, an adaptive per-provider limit that honours rate-limit headers, and retries through daemon/backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from daemon.errors import Paused, RemoteRejected, TransientError
+from daemon.remote.backoff import Backoff, Clock, Sleep, retry
+
+log = structlog.get_logger()
+
+# Responses from the project's sandbox carry this header: their answers are simulated.
+SIMULATED_HEADER = "x-finetuned-simulated"
+# The sandbox's admin API (never faulted): answering it with its counters identifies the sandbox.
+SANDBOX_PROBE_PATH = "/_sandbox/stats"
+SANDBOX_PROBE_TIMEOUT_S = 5.0
+_CONTEXT_LENGTH = re.compile(r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long", re.I)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_RETRIED_STATUSES = frozenset({408, 409, 425})
+
+
+class ContextLengthExceeded(RemoteRejected):
+    """The prompt (plus max_tokens) does not fit the model's context: this item cannot be answered."""
+
+
+@dataclass(frozen=True)
+class ChatEndpoint:
+    """Where to send chat requests: the full `/chat/completions` URL and the key (never printed)."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+
+
+def chat_url(base_url: str) -> str:
+    """The chat-completions URL of a base URL: `.../chat/completions` kept, `.../v1` + `/chat/completions`,
+    anything else + `/v1/chat/completions` (Together-style base URLs have no `/v1`)."""
+    base = base_url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    if base.endswith("/v1"):
+        return f"{base}/chat/completions"
+    return f"{base}/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask; `temperature`/`stop` are left out of the body when None."""
+
+    model: str
+    messages: Sequence[Mapping[str, str]]
+    max_tokens: int
+    temperature: float | None = None
+    stop: Sequence[str] | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body, with only the parameters given."""
+        body: dict[str, Any] = {"model": self.model, "messages": list(self.messages), "max_tokens": self.max_tokens}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.stop:
+            body["stop"] = list(self.stop)
+        return body
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """The first choice's text (None when the response had none), its usage and how many attempts it took."""
+
+    content: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    simulated: bool
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class RateHints:
+    """What a response's headers say about rate limits: when to retry, and whether the window is used up."""
+
+    retry_after_s: float | None
+    remaining: int | None
+    reset_s: float | None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str], *, now_epoch_s: float | None = None) -> RateHints:
+        """Read `retry-after-ms`, `retry-after` (seconds or HTTP date), `x-ratelimit-remaining[-requests]` and
+        `x-ratelimit-reset[-requests]` (Together: seconds; OpenAI: durations such as `1s`, `6m0s`, `20ms`)."""
+        retry_after = _float(headers.get("retry-after-ms"), scale=0.001)
+        if retry_after is None:
+            retry_after = _retry_after(headers.get("retry-after"), now_epoch_s)
+        reset = _duration(headers.get("x-ratelimit-reset") or headers.get("x-ratelimit-reset-requests"))
+        remaining = _float(headers.get("x-ratelimit-remaining") or headers.get("x-ratelimit-remaining-requests"))
+        return cls(retry_after, None if remaining is None else int(remaining), reset)
+
+    @property
+    def wait_s(self) -> float | None:
+        """How long the provider asks us to wait before the next request, if it says."""
+        return self.retry_after_s if self.retry_after_s is not None else self.reset_s
+
+
+def _float(raw: str | None, *, scale: float = 1.0) -> float | None:
+    try:
+        value = float(raw) * scale if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 else None
+
+
+def _retry_after(raw: str | None, now_epoch_s: float | None) -> float | None:
+    seconds = _float(raw)
+    if seconds is not None or raw is None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now_epoch_s is None else now_epoch_s))
+
+
+def _duration(raw: str | None) -> float | None:
+    seconds = _float(raw)
+    if seconds is not None or raw is None:
+        return seconds
+    parts = _DURATION.findall(raw)
+    return sum(float(n) * _DURATION_UNITS_S[unit] for n, unit in parts) if parts else None
+
+
+class AdaptiveLimit:
+    """In-flight limit of one provider: halves on a 429 (once per round of requests), grows back by one per round
+    of successes, and holds every request during a cooldown the provider asked for (Retry-After, reset headers).
+
+    Waiters are served first in, first out; a slot is handed straight to the next waiter on release.
+    """
+
+    def __init__(self, maximum: int, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self.maximum = maximum
+        self.limit = float(maximum)
+        self.in_flight = 0
+        self._clock = clock
+        self._sleep = sleep
+        self._not_before = 0.0
+        self._generation = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[int]:
+        """Hold one slot; yields the generation the request is sent in (for `throttled`)."""
+        await self._acquire()
+        try:
+            # Checked after the slot is ours: a request queued before a 429 must not go out during its cooldown.
+            while (pause_s := self._not_before - self._clock()) > 0:
+                await self._sleep(pause_s)
+            yield self._generation
+        finally:
+            self.in_flight -= 1
+            self._wake()
+
+    def succeeded(self) -> None:
+        """A request went through: grow the limit by one per `limit` successes, up to the maximum."""
+        if self.limit < self.maximum:
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            self._wake()
+
+    def throttled(self, generation: int, wait_s: float | None) -> None:
+        """A 429: halve the limit unless a request of the same round already did, and pause for `wait_s`."""
+        if generation == self._generation:
+            self.limit = max(1.0, self.limit / 2)
+            self._generation += 1
+            log.info("rate_limited", limit=int(self.limit), wait_s=wait_s)
+        self.cool_down(wait_s)
+
+    def cool_down(self, wait_s: float | None) -> None:
+        """Send nothing for `wait_s` seconds (the provider's window is used up)."""
+        if wait_s is not None and wait_s > 0:
+            self._not_before = max(self._not_before, self._clock() + wait_s)
+
+    def _capacity(self) -> int:
+        return max(1, int(self.limit))
+
+    async def _acquire(self) -> None:
+        if not self._waiters and self.in_flight < self._capacity():
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # the releaser counted us in before waking us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.in_flight -= 1
+                self._wake()
+            raise
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self._capacity():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+
+@dataclass
+class _Provider:
+    session: aiohttp.ClientSession
+    limit: AdaptiveLimit
+
+
+class ChatClient:
+    """Sends chat requests to any number of OpenAI-compatible providers with at most `concurrency` in flight.
+
+    Slots are held only while a request is on the wire, never during a backoff sleep, so waiting work always
+    fills the bound. Use as `async with ChatClient(...) as client: await client.complete(endpoint, request)`.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        request_timeout_s: float,
+        max_attempts: int,
+        max_retry_s: float = 600.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.concurrency = concurrency
+        self.request_timeout_s = request_timeout_s
+        self.max_attempts = max_attempts
+        self.max_retry_s = max_retry_s
+        self._backoff = (backoff_base_s, backoff_cap_s)
+        self._sleep = sleep
+        self._clock = clock
+        self._bound = asyncio.Semaphore(concurrency)
+        self._providers: dict[str, _Provider] = {}
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.requests_sent = 0
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every provider's session."""
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            await provider.session.close()
+
+    async def is_sandbox(self, url: str) -> bool:
+        """True if `url` is served by the finetuned sandbox (its admin API answers): its answers are simulated.
+
+        The probe carries no credentials; any failure means "not the sandbox".
+        """
+        probe = str(URL(url).origin() / SANDBOX_PROBE_PATH.lstrip("/"))
+        timeout = aiohttp.ClientTimeout(total=min(self.request_timeout_s, SANDBOX_PROBE_TIMEOUT_S))
+        try:
+            async with self._provider(url).session.get(probe, timeout=timeout) as resp:
+                body = await resp.json(content_type=None) if resp.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return False
+        return isinstance(body, dict) and "requests" in body
+
+    def limit_of(self, url: str) -> AdaptiveLimit | None:
+        """The adaptive limit of the provider at `url`, once a request has gone there."""
+        provider = self._providers.get(url)
+        return provider.limit if provider is not None else None
+
+    async def complete(self, endpoint: ChatEndpoint, request: ChatRequest) -> ChatReply:
+        """Ask once, retrying 429/5xx/timeouts with backoff; raises Paused, RemoteRejected or the last TransientError.
+
+        The retry time cap counts time on the wire and in backoff, not time spent queueing for a slot.
+        """
+        provider = self._provider(endpoint.url)
+        queued_s = 0.0
+        attempts = 0
+
+        async def attempt() -> ChatReply:
+            nonlocal queued_s, attempts
+            attempts += 1
+            reply, waited_s = await self._send(provider, endpoint, request)
+            queued_s += waited_s
+            return reply
+
+        reply = await retry(
+            attempt,
+            attempts=self.max_attempts,
+            max_total_s=self.max_retry_s,
+            backoff=Backoff(base_s=self._backoff[0], cap_s=self._backoff[1]),
+            sleep=self._sleep,
+            clock=lambda: self._clock() - queued_s,
+            what="chat_completion",
+        )
+        return ChatReply(
+            reply.content, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, reply.simulated, attempts
+        )
+
+    def _provider(self, url: str) -> _Provider:
+        provider = self._providers.get(url)
+        if provider is None:
+            connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
+            session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
+            provider = _Provider(session, AdaptiveLimit(self.concurrency, clock=self._clock, sleep=self._sleep))
+            self._providers[url] = provider
+        return provider
+
+    async def _send(self, provider: _Provider, endpoint: ChatEndpoint, request: ChatRequest) -> tuple[ChatReply, float]:
+        queued_at = self._clock()
+        async with provider.limit.slot() as generation, self._bound:
+            waited_s = self._clock() - queued_at
+            status, headers, raw = await self._post(provider.session, endpoint, request)
+        hints = RateHints.parse(headers)
+        if status == 200:
+            provider.limit.succeeded()
+            if hints.remaining == 0:
+                provider.limit.cool_down(hints.reset_s)
+            return _reply(raw, headers), waited_s
+        if status == 429 and not _quota_exhausted(raw):
+            provider.limit.throttled(generation, hints.wait_s)
+        raise _error(status, raw, hints)
+
+    async def _post(
+        self, session: aiohttp.ClientSession, endpoint: ChatEndpoint, request: ChatRequest
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        self.in_flight += 1
+        self.requests_sent += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            async with session.post(endpoint.url, json=request.body(), headers=headers, timeout=timeout) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except TimeoutError as exc:
+            raise TransientError(f"chat request timed out after {self.request_timeout_s} s") from exc
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"chat request failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.in_flight -= 1
+
+
+def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:
+    try:
+        data = json.loads(raw)
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        usage = data.get("usage") or {}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise TransientError(f"malformed chat response body ({type(exc).__name__})", http_status=200) from exc
+    content = message.get("content")
+    return ChatReply(
+        content=content if isinstance(content, str) else None,
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        simulated=SIMULATED_HEADER in headers,
+    )
+
+
+def _error_fields(raw: bytes) -> tuple[str, str]:
+    """(message, code-or-type) of an error body `{"error": {...}}`, or the raw text."""
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return raw.decode("utf-8", "replace")[:300], ""
+    if isinstance(error, dict):
+        return str(error.get("message", ""))[:300], str(error.get("code") or error.get("type") or "")
+    return str(error)[:300], ""
+
+
+def _quota_exhausted(raw: bytes) -> bool:
+    message, code = _error_fields(raw)
+    return code == "insufficient_quota" or "insufficient_quota" in message
+
+
+def _error(status: int, raw: bytes, hints: RateHints) -> Exception:
+    message, code = _error_fields(raw)
+    text = f"HTTP {status}: {message or code or 'no message'}"
+    if status in (400, 403, 413) and (_CONTEXT_LENGTH.search(message) or "context_length" in code):
+        return ContextLengthExceeded(text, http_status=status)
+    if status in (401, 402, 403) or (status == 429 and _quota_exhausted(raw)):
+        return Paused(f"chat endpoint refused the credentials or quota: {text}", http_status=status)
+    if status == 429 or status >= 500 or status in _RETRIED_STATUSES:
+        return TransientError(text, retry_after_s=hints.wait_s, http_status=status)
+    return RemoteRejected(text, http_status=status)

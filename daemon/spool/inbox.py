@@ -1,0 +1,186 @@
+"""The inbox: what counts as a spec file, how it is opened safely, when it has settled, and how it is claimed.
+
+The directory is the truth; watch events only say "look again". Claiming is one rename on one filesystem.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.config import Settings
+from daemon.errors import SpecError, StartupError
+from daemon.spec import JobSpec, parse_spec
+from daemon.spool.files import fsync_dir
+
+IGNORED_SUFFIXES = (".tmp", ".part", "~")
+# A spec that parses is claimed once it has not changed for this long (or settle_s, if shorter).
+QUIET_S = 1.0
+
+
+def is_candidate(name: str) -> bool:
+    """Producers write dotfiles or `*.tmp`/`*.part` and rename when done; editors leave `*~`: skip those."""
+    return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
+
+
+@dataclass
+class Arrival:
+    """A file found in the inbox and judged: a spec to run, or an input to reject with its problems."""
+
+    path: Path
+    job_id: str
+    name: str
+    spec: JobSpec | None = None
+    data: bytes | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> bool:
+        """True when the input cannot become a job."""
+        return self.spec is None
+
+
+@dataclass
+class Unsettled:
+    """A file that does not parse yet and is younger than the settle window: look again at `due` (epoch s)."""
+
+    path: Path
+    due: float
+
+
+def job_id_for(name: str, data: bytes) -> str:
+    """`<name>-<first 8 hex of sha256(bytes)>`: the same bytes always give the same job."""
+    return f"{name}-{hashlib.sha256(data).hexdigest()[:8]}"
+
+
+def safe_stem(path: Path) -> str:
+    """A rejected input's name: its file stem reduced to characters that cannot escape the outbox."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).lstrip("._-")[:64]
+    return stem or "input"
+
+
+def inspect(path: Path, settings: Settings, now: float | None = None) -> Arrival | Unsettled | None:
+    """Judge one inbox entry without following links or blocking; None when it vanished meanwhile."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    problem = _type_problem(st, settings.max_spec_bytes)
+    if problem is not None:
+        identity = f"{problem}:{path.name}:{st.st_ino}:{st.st_mtime_ns}".encode()
+        return Arrival(
+            path=path, job_id=job_id_for(safe_stem(path), identity), name=safe_stem(path), problems=[problem]
+        )
+    data = _read_regular(path, settings.max_spec_bytes)
+    if data is None:
+        return None
+    return _judge_content(path, data, st.st_mtime, settings, now if now is not None else time.time())
+
+
+def _judge_content(path: Path, data: bytes, mtime: float, settings: Settings, now: float) -> Arrival | Unsettled:
+    """A spec to claim, an input to reject, or a file to look at again once it has settled."""
+    age_s = now - mtime
+    try:
+        spec = parse_spec(data, path.name)
+    except SpecError as exc:
+        if age_s < settings.settle_s:
+            return Unsettled(path=path, due=mtime + settings.settle_s)
+        stem = safe_stem(path)
+        return Arrival(path=path, job_id=job_id_for(stem, data), name=stem, data=data, problems=exc.problems)
+    quiet_s = min(QUIET_S, settings.settle_s)
+    if age_s < quiet_s:
+        # A slow writer's first lines can already parse ("name: x\ndataset: ..."): claim only a file at rest.
+        return Unsettled(path=path, due=mtime + quiet_s)
+    return Arrival(path=path, job_id=job_id_for(spec.name, data), name=spec.name, spec=spec, data=data)
+
+
+_KIND_PROBLEMS = (
+    (stat.S_ISLNK, "is a symbolic link: finetuned never follows links dropped into the inbox"),
+    (stat.S_ISDIR, "is a directory, not a spec file"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file"),
+    (stat.S_ISCHR, "is a character device, not a regular file"),
+    (stat.S_ISBLK, "is a block device, not a regular file"),
+)
+
+
+def _type_problem(st: os.stat_result, max_bytes: int) -> str | None:
+    for is_kind, problem in _KIND_PROBLEMS:
+        if is_kind(st.st_mode):
+            return problem
+    if st.st_size > max_bytes:
+        return f"is {st.st_size} bytes, over the {max_bytes}-byte limit for spec files (FINETUNED_MAX_SPEC_BYTES)"
+    return None
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes | None:
+    """Read a regular file with O_NOFOLLOW|O_NONBLOCK, so a swapped-in link or FIFO can neither redirect nor hang."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # became a symlink between lstat and open: judged on the next pass
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1
+        while remaining > 0 and (chunk := os.read(fd, min(remaining, 1 << 16))):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def scan(inbox: Path, settings: Settings) -> list[Arrival | Unsettled]:
+    """Judge every candidate in the inbox, oldest first (blocking: run it in a thread)."""
+    try:
+        entries = sorted(
+            (e for e in os.scandir(inbox) if is_candidate(e.name)), key=lambda e: e.stat(follow_symlinks=False).st_mtime
+        )
+    except FileNotFoundError:
+        return []
+    results: list[Arrival | Unsettled] = []
+    for entry in entries:
+        judged = inspect(Path(entry.path), settings)
+        if judged is not None:
+            results.append(judged)
+    return results
+
+
+def claim(arrival: Arrival, jobs_dir: Path) -> Path:
+    """Move the spec out of the inbox into `jobs_dir/<job_id>/` with one rename of the file and one of the folder."""
+    staging = jobs_dir / f".claim-{arrival.job_id}-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    os.rename(arrival.path, staging / arrival.path.name)
+    final = jobs_dir / arrival.job_id
+    os.rename(staging, final)
+    fsync_dir(jobs_dir)
+    return final / arrival.path.name
+
+
+def check_same_filesystem(settings: Settings) -> None:
+    """Refuse to start when a rename from the inbox into the state folder or the outbox would fail (EXDEV)."""
+    probe = settings.inbox / f".finetuned-probe-{os.getpid()}"
+    for target_dir in (settings.jobs_dir, settings.outbox):
+        probe.write_bytes(b"")
+        target = target_dir / probe.name
+        try:
+            os.rename(probe, target)
+        except OSError as exc:
+            probe.unlink(missing_ok=True)
+            raise StartupError(
+                f"cannot rename from {settings.inbox} into {target_dir} ({exc.strerror}): inbox, outbox and state "
+                "folder must be on one filesystem (under systemd: one ReadWritePaths= root holding all three)"
+            ) from exc
+        target.unlink()

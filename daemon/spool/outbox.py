@@ -1,0 +1,71 @@
+"""The outbox: every input ends in exactly one `outbox/<job_id>/` folder, which appears atomically (staging + rename).
+
+Only the runner calls these; files inside are replaced atomically, so readers never see half a status.json.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.spool.files import atomic_write_json, fsync_dir
+
+STATUS_FILE = "status.json"
+LOG_FILE = "log.jsonl"
+DUPLICATES_DIR = "duplicates"
+
+
+def job_dir(outbox: Path, job_id: str) -> Path:
+    """The job's folder (it may not exist yet)."""
+    return outbox / job_id
+
+
+def create_job_folder(outbox: Path, job_id: str, spec_copy: Path, status: dict[str, Any]) -> Path:
+    """Publish `outbox/<job_id>/` holding a copy of the spec and status.json; a no-op if it already exists."""
+    final = job_dir(outbox, job_id)
+    if final.exists():
+        return final
+    staging = outbox / f".staging-{job_id}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy2(spec_copy, staging / spec_copy.name)
+    atomic_write_json(staging / STATUS_FILE, status)
+    os.rename(staging, final)
+    fsync_dir(outbox)
+    return final
+
+
+def publish_rejected(outbox: Path, job_id: str, original: Path, status: dict[str, Any]) -> Path:
+    """Move a rejected input, with a status.json naming its problems, into its own outbox folder."""
+    final = job_dir(outbox, job_id)
+    if final.exists():
+        return keep_duplicate(outbox, job_id, original)
+    staging = outbox / f".staging-{job_id}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    atomic_write_json(staging / STATUS_FILE, status)
+    os.rename(original, staging / original.name)  # rename, never open: links and FIFOs move as they are
+    os.rename(staging, final)
+    fsync_dir(outbox)
+    return final / original.name
+
+
+def keep_duplicate(outbox: Path, job_id: str, original: Path) -> Path:
+    """Move a re-dropped input next to the job it duplicates: `outbox/<job_id>/duplicates/<time>-<name>`."""
+    folder = job_dir(outbox, job_id) / DUPLICATES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = folder / f"{stamp}-{time.monotonic_ns() % 10**6:06d}-{original.name}"
+    os.rename(original, target)
+    fsync_dir(folder)
+    return target
+
+
+def write_status(outbox: Path, job_id: str, status: dict[str, Any]) -> None:
+    """Atomically replace the job's status.json (blocking: call through asyncio.to_thread)."""
+    folder = job_dir(outbox, job_id)
+    if folder.is_dir():
+        atomic_write_json(folder / STATUS_FILE, status)

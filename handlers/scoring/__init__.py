@@ -1,0 +1,1 @@
+"""Helpers of `evaluate`: scoring answers exactly like the official CoQA scorer."""
