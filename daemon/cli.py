@@ -107,12 +107,11 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned run`: the daemon."""
-    logs.configure(settings.log_level)
-    logs.REDACTOR.add(*settings.secrets())
-    return asyncio.run(_run(settings, once=args.once, sandbox=args.sandbox, sandbox_speed=args.sandbox_speed))
+    setup = logs.configure(settings.log_level, secrets=settings.secrets())
+    return asyncio.run(_run(settings, setup, once=args.once, sandbox=args.sandbox, sandbox_speed=args.sandbox_speed))
 
 
-async def _run(settings: Settings, *, once: bool, sandbox: bool, sandbox_speed: float) -> int:
+async def _run(settings: Settings, setup: logs.LogSetup, *, once: bool, sandbox: bool, sandbox_speed: float) -> int:
     from daemon.jobs.pipeline import STEPS
     from daemon.remote.together import TogetherAPI
     from daemon.sandbox import start_sandbox
@@ -122,9 +121,9 @@ async def _run(settings: Settings, *, once: bool, sandbox: bool, sandbox_speed: 
     try:
         if handle is not None:
             settings = _point_at_sandbox(settings, handle.base_url, sandbox_speed)
-        remote = TogetherAPI(settings) if settings.together_api_key else None
+        remote = TogetherAPI(settings, redactor=setup.redactor) if settings.together_api_key else None
         try:
-            return await Service(settings, STEPS, remote=remote, once=once).run()
+            return await Service(settings, STEPS, job_logs=setup.job_logs, remote=remote, once=once).run()
         finally:
             if remote is not None:
                 await remote.close()

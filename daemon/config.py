@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.errors import StartupError
+from daemon.remote.backoff import RetryPolicy
 
-# The variables a user sets (and `.env.example` lists, exactly): name -> (field, help).
+# The variables a user sets (and `.env.example` lists, exactly): variable name -> Settings field.
 USER_VARIABLES: dict[str, str] = {
     "FINETUNED_INBOX": "inbox",
     "FINETUNED_OUTBOX": "outbox",
@@ -24,6 +25,10 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_POLL_MAX_S": "poll_max_s",
     "FINETUNED_PAUSE_PROBE_S": "pause_probe_s",
     "FINETUNED_REQUEST_TIMEOUT_S": "request_timeout_s",
+    "FINETUNED_RETRY_ATTEMPTS": "retry_attempts",
+    "FINETUNED_RETRY_BASE_S": "retry_base_s",
+    "FINETUNED_RETRY_CAP_S": "retry_cap_s",
+    "FINETUNED_RETRY_MAX_S": "retry_max_s",
     "FINETUNED_STATUS_HOST": "status_host",
     "FINETUNED_STATUS_PORT": "status_port",
     "FINETUNED_LOG_LEVEL": "log_level",
@@ -58,6 +63,11 @@ class Settings:
     poll_max_s: float = 600.0
     pause_probe_s: float = 60.0
     request_timeout_s: float = 60.0
+    # One Together management call (upload, estimate, create, retrieve, ...) on a transient failure: see RetryPolicy.
+    retry_attempts: int = 8
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 60.0
+    retry_max_s: float = 900.0
     status_host: str = "127.0.0.1"
     status_port: int = 0
     log_level: str = "info"
@@ -99,9 +109,12 @@ class Settings:
         """The single-instance lock file."""
         return self.state_dir / "finetuned.lock"
 
-    def secret(self, variable: str) -> str | None:
-        """The value of a secret environment variable a spec names (e.g. `OPENAI_API_KEY`), or None."""
-        return self.named_secrets.get(variable)
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """How a Together management call is retried (the one retry layer's settings)."""
+        return RetryPolicy(
+            attempts=self.retry_attempts, base_s=self.retry_base_s, cap_s=self.retry_cap_s, max_total_s=self.retry_max_s
+        )
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, outbox files, status output or errors."""
@@ -123,6 +136,7 @@ def _convert(var: str, field: str, raw: str) -> object:
         "state_dir": Path,
         "max_concurrent_jobs": int,
         "max_step_attempts": int,
+        "retry_attempts": int,
         "max_spec_bytes": int,
         "status_port": int,
         "watchdog_usec": int,

@@ -40,6 +40,10 @@ class RemoteRejected(FinetunedError):
         self.http_status = http_status
 
 
+class ContextLengthExceeded(RemoteRejected):
+    """The prompt (plus max_tokens) does not fit the model's context: this item cannot be answered."""
+
+
 class RemoteJobFailed(FinetunedError):
     """The remote fine-tuning job ended in error, user_error or cancelled."""
 

@@ -1,12 +1,18 @@
 """Logging, configured once at start-up: JSON lines (console on a TTY), secrets redacted, each job's events teed
 into its own `log.jsonl` through the `job_id` bound in contextvars.
+
+`configure` returns the two pieces of state it installs (the redactor and the per-job files); the CLI hands them
+to whoever needs them (the runner opens job logs, the Together adapter redacts errors), nothing is global.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -19,8 +25,9 @@ REDACTED = "[REDACTED]"
 class Redactor:
     """Replaces every known secret in every string of an event (values, nested lists/dicts, tracebacks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self.secrets: set[str] = set()
+        self.add(*secrets)
 
     def add(self, *secrets: str | None) -> None:
         """Register more secrets (e.g. per-endpoint keys found at run time); short strings are ignored."""
@@ -44,7 +51,7 @@ class Redactor:
         return self.scrub(event) if self.secrets else event
 
 
-class JobSinks:
+class JobLogs:
     """Open per-job log files; the processor appends each event bound to a job to that job's file.
 
     A failing write (disk full) is reported once on stderr and then ignored: logging must never fail a job.
@@ -54,21 +61,17 @@ class JobSinks:
         self._files: dict[str, IO[str]] = {}
         self._warned = False
 
-    def open(self, job_id: str, path: Path) -> None:
+    async def open(self, job_id: str, path: Path) -> None:
         """Start teeing events of `job_id` into `path` (appending, so restarts continue the same log)."""
         if job_id not in self._files:
-            self._files[job_id] = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+            # Closed in close(); opened in a thread because open() may block on a slow or full disk.
+            self._files[job_id] = await asyncio.to_thread(open, path, "a", encoding="utf-8", buffering=1)
 
-    def close(self, job_id: str) -> None:
+    async def close(self, job_id: str) -> None:
         """Stop teeing and close the file."""
         fh = self._files.pop(job_id, None)
         if fh is not None:
-            fh.close()
-
-    def close_all(self) -> None:
-        """Close every open job log."""
-        for job_id in list(self._files):
-            self.close(job_id)
+            await asyncio.to_thread(fh.close)
 
     def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
         """structlog processor: tee the event (already redacted) to its job's file."""
@@ -83,12 +86,23 @@ class JobSinks:
         return event
 
 
-REDACTOR = Redactor()
-JOB_SINKS = JobSinks()
+@dataclass(frozen=True)
+class LogSetup:
+    """What `configure` installed: the redactor every output goes through, and the per-job log files."""
+
+    redactor: Redactor
+    job_logs: JobLogs
 
 
-def configure(level: str = "info", *, json_output: bool | None = None, stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib root logger once; JSON unless writing to a TTY."""
+def configure(
+    level: str = "info",
+    *,
+    secrets: Iterable[str | None] = (),
+    json_output: bool | None = None,
+    stream: TextIO | None = None,
+) -> LogSetup:
+    """Configure structlog and the stdlib root logger once; JSON unless writing to a TTY; `secrets` are redacted."""
+    setup = LogSetup(Redactor(secrets), JobLogs())
     out = stream or sys.stdout
     use_json = (not out.isatty()) if json_output is None else json_output
     shared: list[Processor] = [
@@ -96,8 +110,8 @@ def configure(level: str = "info", *, json_output: bool | None = None, stream: T
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.dict_tracebacks if use_json else structlog.processors.StackInfoRenderer(),
-        REDACTOR,
-        JOB_SINKS,
+        setup.redactor,
+        setup.job_logs,
     ]
     renderer: Processor = (
         structlog.processors.JSONRenderer(default=str) if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -117,3 +131,4 @@ def configure(level: str = "info", *, json_output: bool | None = None, stream: T
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    return setup

@@ -24,8 +24,10 @@ from daemon.errors import StartupError
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
+from daemon.logs import JobLogs
+from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
-from daemon.spool import inbox as spool
+from daemon.spool import inbox
 from daemon.spool.intake import CANCEL_DIR, Intake
 from daemon.systemd import Notifier
 
@@ -64,20 +66,39 @@ def prepare_dirs(settings: Settings) -> None:
     """Create the spool folders and check that claiming (a rename) works between them."""
     for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.state_dir / CANCEL_DIR):
         folder.mkdir(parents=True, exist_ok=True)
-    spool.check_same_filesystem(settings)
+    inbox.check_same_filesystem(settings)
 
 
 class Service:
-    """One daemon over one spool."""
+    """One daemon over one spool: the gate, the runner and intake, the watcher, the watchdog, the status server."""
 
-    def __init__(self, settings: Settings, steps: Sequence[Step], *, remote: Any = None, once: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        steps: Sequence[Step],
+        *,
+        job_logs: JobLogs,
+        remote: FineTuneAPI | None = None,
+        once: bool = False,
+    ) -> None:
         self.settings, self.steps, self.remote, self.once = settings, steps, remote, once
+        self.job_logs = job_logs
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         self.notifier = Notifier(settings.notify_socket)
+        self.gate = RemoteGate(
+            remote.probe if remote is not None else None, settings.pause_probe_s, on_change=self._changed
+        )
+        self._runner: Runner | None = None
         self._signals = 0
         self.exit_code = 0
         self._last_tick = time.monotonic()
+
+    @property
+    def runner(self) -> Runner:
+        """The runner, once the state store is open (it lives as long as the daemon serves)."""
+        assert self._runner is not None, "the runner exists only while the service runs"
+        return self._runner
 
     async def run(self) -> int:
         """Run until stopped (or, with once, until idle); returns the exit code."""
@@ -90,38 +111,41 @@ class Service:
                 await store.close()
 
     async def _serve(self, store: StateStore) -> int:
-        gate = RemoteGate(getattr(self.remote, "probe", None), self.settings.pause_probe_s)
-        runner = Runner(self.settings, store, gate, steps=self.steps, remote=self.remote, on_change=self._changed)
-        gate.on_change = self._changed
-        intake = Intake(self.settings, store, runner)
-        self._install_signals(runner)
+        self._runner = Runner(
+            self.settings,
+            store,
+            self.gate,
+            steps=self.steps,
+            job_logs=self.job_logs,
+            remote=self.remote,
+            on_change=self._changed,
+        )
+        intake = Intake(self.settings, self.runner)
+        self._install_signals()
         resumed = await intake.recover()
         self.notifier.send("READY=1", f"STATUS=ready; {len(resumed)} job(s) resumed")
         log.info("daemon_ready", inbox=str(self.settings.inbox), outbox=str(self.settings.outbox), once=self.once)
-        self.runner = runner
         try:
-            async with self._background(runner):
-                await self._intake_loop(intake, runner)
+            async with self._background():
+                await self._intake_loop(intake)
         finally:
             self.notifier.send("STOPPING=1", "STATUS=stopping")
-            await runner.drain(0 if self._signals > 1 else self.settings.shutdown_grace_s)
-            await gate.close()
+            await self.runner.drain(0 if self._signals > 1 else self.settings.shutdown_grace_s)
+            await self.gate.close()
             log.info("daemon_stopped", exit_code=self.exit_code)
             self.notifier.close()
         return self.exit_code
 
     @contextlib.asynccontextmanager
-    async def _background(self, runner: Runner) -> AsyncIterator[None]:
+    async def _background(self) -> AsyncIterator[None]:
         """The watcher, the watchdog and the status server live exactly as long as the intake loop."""
-        from daemon.status_server import (
-            StatusServer,  # the status app imports aiohttp.web; only a running daemon needs it
-        )
+        from daemon.status_server import StatusServer  # imports aiohttp.web; only a running daemon needs it
 
-        server = StatusServer(self.settings, runner)
+        server = StatusServer(self.settings, self.runner, self.gate)
         await server.start()
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(self._watch(), name="watcher")
-            watchdog = tasks.create_task(self._watchdog(runner), name="watchdog")
+            watchdog = tasks.create_task(self._watchdog(), name="watchdog")
             try:
                 yield
             finally:
@@ -130,22 +154,22 @@ class Service:
                 watchdog.cancel()
                 await server.stop()
 
-    async def _intake_loop(self, intake: Intake, runner: Runner) -> None:
+    async def _intake_loop(self, intake: Intake) -> None:
         """Scan at start, on every watch event and on the reconcile timer; with once, return when idle."""
         while not self.stop.is_set():
             self.wake.clear()
             next_due = await intake.scan_once()
             self._last_tick = time.monotonic()
-            if self.once and next_due is None and not runner.busy:
+            if self.once and next_due is None and not self.runner.busy:
                 log.info("idle", reason="once: nothing left to do")
                 return
-            if self.once and self._pause_unresolved(runner):
+            if self.once and self._pause_unresolved():
                 self.exit_code = EXIT_PAUSED
                 return
             timeout_s = self.settings.reconcile_interval_s
             if next_due is not None:
                 timeout_s = max(0.05, min(timeout_s, next_due - time.time()))
-            if self.once and not runner.gate.is_open:
+            if self.once and not self.gate.is_open:
                 timeout_s = min(timeout_s, self.settings.pause_probe_s)
             await self._wait_for_wake(timeout_s)
 
@@ -181,48 +205,46 @@ class Service:
                     log.warning("inbox_replaced", inbox=str(self.settings.inbox))
                     break
 
-    async def _watchdog(self, runner: Runner) -> None:
+    async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself, every half WatchdogSec, while the intake loop keeps ticking."""
         interval_s = self.settings.watchdog_usec / 2e6 if self.settings.watchdog_usec else 5.0
         while True:
             await asyncio.sleep(interval_s)
-            lines = [f"STATUS={self._status_line(runner)}"]
+            lines = [f"STATUS={self._status_line()}"]
             stale_s = time.monotonic() - self._last_tick
             if self.settings.watchdog_usec and stale_s < self.settings.reconcile_interval_s * 3:
                 lines.append("WATCHDOG=1")
             self.notifier.send(*lines)
 
-    def _pause_unresolved(self, runner: Runner) -> bool:
+    def _pause_unresolved(self) -> bool:
         """With --once, a pause that outlasts a few probes ends the run (jobs stay resumable) instead of hanging."""
-        since = runner.gate.paused_since
+        since = self.gate.paused_since
         limit_s = ONCE_PAUSE_PROBES * self.settings.pause_probe_s
         if since is None or asyncio.get_running_loop().time() - since < limit_s:
             return False
-        log.error("remote_pause_unresolved", reason=runner.gate.reason, waited_s=round(limit_s, 1))
+        log.error("remote_pause_unresolved", reason=self.gate.reason, waited_s=round(limit_s, 1))
         return True
 
-    def _status_line(self, runner: Runner) -> str:
-        running = len(runner.live)
-        paused = "" if runner.gate.is_open else f"; remote work paused: {runner.gate.reason}"
-        return f"{running} job(s) active{paused}"
+    def _status_line(self) -> str:
+        paused = "" if self.gate.is_open else f"; remote work paused: {self.gate.reason}"
+        return f"{self.runner.active_jobs} job(s) active{paused}"
 
     def _changed(self) -> None:
         self.wake.set()
 
-    def _install_signals(self, runner: Runner) -> None:
+    def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig, runner)
+            loop.add_signal_handler(sig, self._on_signal, sig)
 
-    def _on_signal(self, sig: signal.Signals, runner: Runner) -> None:
+    def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
         if self._signals == 1:
             log.info("shutdown_requested", signal=sig.name, grace_s=self.settings.shutdown_grace_s)
             self.stop.set()
             return
         log.warning("shutdown_forced", signal=sig.name)
-        for live in list(runner.live.values()):
-            live.task.cancel()
+        self.runner.interrupt_all()
 
 
 def _same_inode(path: Path, inode: int) -> bool:

@@ -15,9 +15,10 @@ from typing import Any
 import structlog
 
 from daemon.errors import BadInput, Paused, RemoteRejected, TransientError
-from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
+from daemon.money import usd
 from daemon.remote.api import FineTuneAPI, FineTuneRequest, PriceEstimate, RemoteJob
-from daemon.remote.classify import with_retries
+from daemon.remote.backoff import retry
 from daemon.spec import FinetuneSpec
 
 TAG_HASH_CHARS = 5  # from sha256(job id): which daemon job this is
@@ -33,11 +34,6 @@ def make_tag(job_id: str) -> str:
 def suffix_for(spec_suffix: str | None, tag: str) -> str:
     """The Together suffix: the spec's own suffix (if any) followed by the tag."""
     return f"{spec_suffix}-{tag}" if spec_suffix else tag
-
-
-def usd(amount: float) -> str:
-    """Dollars for messages: cents for real amounts, more digits for the sandbox's tiny ones."""
-    return f"${amount:,.2f}" if amount >= 0.01 else f"${amount:.6f}"
 
 
 def check_price(estimate: PriceEstimate, spec: FinetuneSpec) -> None:
@@ -88,17 +84,19 @@ def _output(job: RemoteJob, tag: str, *, adopted: bool, estimate: PriceEstimate 
 
 async def _resume(ctx: JobContext, remote: FineTuneAPI) -> StepOutput | None:
     """The job this step already created (id journaled) or tagged (intent journaled, found by listing)."""
-    tag = ctx.journal.get("create.intent") or ""
-    recorded = ctx.journal.get("fine_tune_id")
+    tag = ctx.journal.get(JournalKey.CREATE_INTENT) or ""
+    recorded = ctx.journal.get(JournalKey.FINE_TUNE_ID)
     if recorded:
-        job = await with_retries(ctx.settings, "retrieve fine-tune", lambda: remote.retrieve(recorded))
+        job = await retry(
+            policy=ctx.settings.retry_policy, what="retrieve fine-tune", call=lambda: remote.retrieve(recorded)
+        )
         return _output(job, tag, adopted=False, estimate=None)
     if not tag:
         return None
-    found = await with_retries(ctx.settings, "list fine-tunes", lambda: remote.find_job(tag))
+    found = await retry(lambda: remote.find_job(tag), policy=ctx.settings.retry_policy, what="list fine-tunes")
     if found is None:
         return None
-    await ctx.journal.record("fine_tune_id", found.id)
+    await ctx.journal.record(JournalKey.FINE_TUNE_ID, found.id)
     log.warning("fine_tune_adopted", fine_tune_id=found.id, tag=tag, reason="created before a crash or lost answer")
     return _output(found, tag, adopted=True, estimate=None)
 
@@ -108,11 +106,11 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     spec = ctx.spec.finetune
     if spec is None:
         raise BadInput("the spec has no finetune section")
-    remote: FineTuneAPI = ctx.remote
+    remote = ctx.fine_tuning()
     resumed = await _resume(ctx, remote)
     if resumed is not None:
         return resumed
-    tag = ctx.journal.get("create.intent") or make_tag(ctx.job_id)
+    tag = ctx.journal.get(JournalKey.CREATE_INTENT) or make_tag(ctx.job_id)
     request = _request(spec, dict(inputs["upload"]), tag)
 
     async def estimate_checked() -> PriceEstimate:
@@ -120,12 +118,14 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         check_price(estimate, spec)
         return estimate
 
-    estimate = await with_retries(ctx.settings, "estimate price", estimate_checked)
+    estimate = await retry(estimate_checked, policy=ctx.settings.retry_policy, what="estimate price")
     log.info("price_estimated", price_usd=estimate.total_usd, max_price_usd=spec.max_price_usd, tag=tag)
-    if ctx.journal.get("create.intent") != tag:
-        await ctx.journal.record("create.intent", tag)
-    job = await with_retries(ctx.settings, "create fine-tune", _create_once(remote, request, tag))
-    await ctx.journal.record("fine_tune_id", job.id)
+    if ctx.journal.get(JournalKey.CREATE_INTENT) != tag:
+        await ctx.journal.record(JournalKey.CREATE_INTENT, tag)
+    job = await retry(
+        policy=ctx.settings.retry_policy, what="create fine-tune", call=_create_once(remote, request, tag)
+    )
+    await ctx.journal.record(JournalKey.FINE_TUNE_ID, job.id)
     log.info("fine_tune_created", fine_tune_id=job.id, tag=tag, model=request.model, suffix=request.suffix)
     await ctx.progress(fine_tune_id=job.id, remote_status=job.status)
     return _output(job, tag, adopted=False, estimate=estimate)

@@ -17,9 +17,18 @@ from typing import Any
 import structlog
 from yarl import URL
 
-from daemon.errors import DatasetError, FinetunedError, Paused, RemoteRejected, SpecError, TransientError
+from daemon.errors import (
+    ContextLengthExceeded,
+    DatasetError,
+    FinetunedError,
+    Paused,
+    RemoteRejected,
+    SpecError,
+    TransientError,
+)
 from daemon.jobs.context import JobContext, StepInputs, StepOutput
-from daemon.remote.chat import ChatClient, ChatEndpoint, ChatReply, ChatRequest, ContextLengthExceeded, chat_url
+from daemon.remote.backoff import RetryPolicy
+from daemon.remote.chat import ChatClient, ChatEndpoint, ChatReply, ChatRequest, chat_url
 from daemon.spec import EvaluateSpec
 from daemon.spool.files import atomic_write_bytes, write_json
 from handlers.scoring import coqa as scoring
@@ -29,9 +38,10 @@ log = structlog.get_logger()
 TOGETHER_INFERENCE_URL = "https://api.together.xyz/v1/chat/completions"
 SIMULATED_NOTE = "The answers were simulated by the finetuned sandbox, not produced by a real model."
 PROGRESS_INTERVAL_S = 1.0
-# Backoff between attempts of one request without a Retry-After (full jitter, seconds).
+# Backoff between attempts of one request without a Retry-After (full jitter, seconds), and the time cap of one item.
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+ITEM_RETRY_MAX_S = 600.0
 Message = dict[str, str]
 
 
@@ -261,9 +271,9 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     async with ChatClient(
         concurrency=evaluate.concurrency,
         request_timeout_s=evaluate.request_timeout_s,
-        max_attempts=evaluate.max_attempts,
-        backoff_base_s=BACKOFF_BASE_S,
-        backoff_cap_s=BACKOFF_CAP_S,
+        retry_policy=RetryPolicy(
+            attempts=evaluate.max_attempts, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, max_total_s=ITEM_RETRY_MAX_S
+        ),
     ) as client:
         sandbox_urls = [url for url in {t.endpoint.url for t in targets} if await client.is_sandbox(url)]
         session = Session(ctx, evaluate, client, tracker)

@@ -8,95 +8,28 @@ changes), honours Retry-After, retries transient errors itself, and gives up at 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
-from pathlib import Path
-from typing import Any
 
 import structlog
 
 from daemon.errors import RemoteJobFailed, RemoteRejected, TransientError
-from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
+from daemon.money import from_nanodollars
 from daemon.remote.api import FAILED_STATUSES, TERMINAL_STATUSES, FineTuneAPI, RemoteJob, RemoteStatus
 from daemon.remote.backoff import Backoff
-from daemon.spool.files import atomic_write_bytes
+from handlers.training.events import EVENTS_FILE, EventLog
 
-EVENTS_FILE = "events.jsonl"
-DEADLINE_KEY = "poll.deadline_at"
-NANODOLLARS_PER_USD = 1_000_000_000
-_NUMBER = r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"
-_TRAIN_LOSS = re.compile(r"(?<![A-Za-z_ ])\s*(?:train(?:ing)?[ _])?loss\b[\s:=]+" + _NUMBER, re.IGNORECASE)
-_EVAL_LOSS = re.compile(r"\beval(?:uation)?[ _]loss\b[\s:=]+" + _NUMBER, re.IGNORECASE)
 log = structlog.get_logger()
-
-
-def with_metrics(event: dict[str, Any]) -> dict[str, Any]:
-    """The event plus `loss`/`eval_loss` parsed from its message when the API did not give them as fields."""
-    message = str(event.get("message") or "")
-    out = dict(event)
-    if "eval_loss" not in out and (found := _EVAL_LOSS.search(message)):
-        out["eval_loss"] = float(found.group(1))
-    if "loss" not in out and (found := _TRAIN_LOSS.search(_EVAL_LOSS.sub("", message))):
-        out["loss"] = float(found.group(1))
-    return out
-
-
-class EventLog:
-    """`events.jsonl`: every remote event once, in arrival order; rewritten atomically when new ones come."""
-
-    def __init__(self, path: Path, events: list[dict[str, Any]]) -> None:
-        self.path = path
-        self.events = events
-        self._seen = {self.key(e) for e in events}
-
-    @staticmethod
-    def key(event: dict[str, Any]) -> str:
-        """What makes an event the same event across polls and restarts."""
-        return json.dumps([event.get(k) for k in ("created_at", "type", "message", "step")], default=str)
-
-    @classmethod
-    async def load(cls, path: Path) -> EventLog:
-        """The events saved by an earlier run of this step (none if the file does not exist)."""
-
-        def read() -> list[dict[str, Any]]:
-            if not path.exists():
-                return []
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-        return cls(path, await asyncio.to_thread(read))
-
-    async def add(self, events: list[dict[str, Any]]) -> int:
-        """Append the events not seen yet; returns how many were new."""
-        new = [with_metrics(e) for e in events if self.key(e) not in self._seen]
-        if not new:
-            return 0
-        self.events.extend(new)
-        self._seen.update(self.key(e) for e in new)
-        data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.events).encode()
-        await asyncio.to_thread(atomic_write_bytes, self.path, data)
-        return len(new)
-
-    def failure_message(self) -> str | None:
-        """The last error-level event's message (where Together says why a job failed)."""
-        errors = [e for e in self.events if e.get("level") == "error" or str(e.get("type", "")).startswith("job_")]
-        failing = [e for e in errors if e.get("type") != "job_complete" and e.get("type") != "job_start"]
-        return str(failing[-1].get("message")) if failing else None
-
-    def last_loss(self) -> float | None:
-        """The latest training loss seen."""
-        losses = [e["loss"] for e in self.events if isinstance(e.get("loss"), int | float)]
-        return float(losses[-1]) if losses else None
 
 
 async def _deadline_at(ctx: JobContext) -> float:
     """Epoch seconds after which polling gives up; journaled so a restart keeps the original deadline."""
-    recorded = ctx.journal.get(DEADLINE_KEY)
+    recorded = ctx.journal.get(JournalKey.POLL_DEADLINE)
     if recorded:
         return float(recorded)
     assert ctx.spec.finetune is not None  # the create step ran, so the spec has a finetune section
     deadline = time.time() + ctx.spec.finetune.poll_deadline_h * 3600
-    await ctx.journal.record(DEADLINE_KEY, f"{deadline:.3f}")
+    await ctx.journal.record(JournalKey.POLL_DEADLINE, f"{deadline:.3f}")
     return deadline
 
 
@@ -109,7 +42,7 @@ async def _observe(remote: FineTuneAPI, fine_tune_id: str, events: EventLog) -> 
 
 
 async def _poll_until_terminal(ctx: JobContext, fine_tune_id: str, events: EventLog) -> RemoteJob:
-    remote: FineTuneAPI = ctx.remote
+    remote = ctx.fine_tuning()
     deadline = await _deadline_at(ctx)
     backoff = Backoff(base_s=ctx.settings.poll_min_s, cap_s=ctx.settings.poll_max_s, floor_s=ctx.settings.poll_min_s)
     last_status: str | None = None
@@ -171,8 +104,7 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     model = job.model_output_name
     if not model:
         raise RemoteRejected(f"Together fine-tune {fine_tune_id} completed without a model_output_name")
-    await ctx.journal.record("model", model)
-    price = job.raw.get("total_price")
+    await ctx.journal.record(JournalKey.MODEL, model)
     log.info("fine_tune_completed", fine_tune_id=fine_tune_id, model=model, events=len(events.events))
     return {
         "fine_tune_id": fine_tune_id,
@@ -181,5 +113,5 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         "events_file": EVENTS_FILE,
         "events": len(events.events),
         "final_loss": events.last_loss(),
-        "total_price_usd": price / NANODOLLARS_PER_USD if isinstance(price, int | float) else None,
+        "total_price_usd": from_nanodollars(job.raw.get("total_price")),
     }

@@ -9,8 +9,7 @@ import base64
 import html
 import io
 import json
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,71 +17,19 @@ from typing import Any
 import structlog
 from matplotlib.figure import Figure
 
-from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.jobs.context import REMOTE_ID_KEYS, JobContext, JournalKey, StepInputs, StepOutput
+from daemon.money import usd
 from daemon.spool.files import atomic_write_bytes
+from handlers.training.events import EVENTS_FILE, LossCurve, loss_curve, read_events
 
 log = structlog.get_logger()
 
 SIMULATED_LINE = (
     "**SIMULATED RESULTS** — produced against the finetuned sandbox: the answers and the training are simulated."
 )
-REMOTE_ID_KEYS = ("file_id", "validation_file_id", "fine_tune_id", "model", "model_output_name")
+# Besides the journal's remote ids, the step outputs name the output model under this key (before poll ends).
+OUTPUT_MODEL_KEY = "model_output_name"
 SANDBOX_MODEL_PREFIX = "sandbox/"
-_STEP = re.compile(r"\bstep\s+(\d+)", re.I)
-_LOSS = re.compile(r"\b(eval(?:uation)?[ _])?loss\s*[:=]?\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)", re.I)
-
-
-@dataclass
-class LossCurve:
-    """Training (and evaluation) loss by step, read from the fine-tune's events."""
-
-    train: list[tuple[int, float]] = field(default_factory=list)
-    eval: list[tuple[int, float]] = field(default_factory=list)
-
-
-def loss_curve(events: Iterable[Mapping[str, Any]]) -> LossCurve:
-    """Loss points from Together fine-tune events: numeric `loss`/`eval_loss` fields, else "step N ... loss X" text."""
-    curve = LossCurve()
-    for index, event in enumerate(events):
-        message = str(event.get("message") or "")
-        step = _number(event.get("step"))
-        step_match = _STEP.search(message)
-        if step is None and step_match:
-            step = float(step_match.group(1))
-        step_value = int(step) if step is not None else index
-        train, evaluation = _number(event.get("loss")), _number(event.get("eval_loss"))
-        for match in _LOSS.finditer(message):
-            if match.group(1) and evaluation is None:
-                evaluation = float(match.group(2))
-            elif not match.group(1) and train is None:
-                train = float(match.group(2))
-        if train is not None:
-            curve.train.append((step_value, train))
-        if evaluation is not None:
-            curve.eval.append((step_value, evaluation))
-    curve.train.sort()
-    curve.eval.sort()
-    return curve
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The poll step's events.jsonl (one event object per line; a line holding a list is flattened); [] if absent."""
-    if not path.exists():
-        return []
-    events: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            value = json.loads(line) if line.strip() else None
-        except ValueError:
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, dict):
-                events.append(item)
-    return events
 
 
 def loss_chart(curve: LossCurve) -> bytes:
@@ -146,11 +93,11 @@ def remote_ids(ctx: JobContext, inputs: StepInputs) -> dict[str, str]:
     """The job's remote ids (files, fine-tune, output model) from the step outputs and the journal."""
     found: dict[str, str] = {}
     for output in inputs.values():
-        for key in REMOTE_ID_KEYS:
+        for key in (*REMOTE_ID_KEYS, OUTPUT_MODEL_KEY):
             value = output.get(key)
             if isinstance(value, str) and value and value not in found.values():
                 found.setdefault(key, value)
-    for key in ("file_id", "validation_file_id", "fine_tune_id", "model"):
+    for key in REMOTE_ID_KEYS:
         value = ctx.journal.get(key)
         if value:
             found.setdefault(key, value)
@@ -162,15 +109,11 @@ def price_notes(inputs: StepInputs) -> list[str]:
     notes = []
     estimate = inputs.get("create", {}).get("estimated_price_usd")
     if isinstance(estimate, int | float):
-        notes.append(f"Estimated price before training: {_usd(estimate)}.")
+        notes.append(f"Estimated price before training: {usd(estimate)}.")
     total = inputs.get("poll", {}).get("total_price_usd")
     if isinstance(total, int | float):
-        notes.append(f"Price charged for the fine-tune: {_usd(total)}.")
+        notes.append(f"Price charged for the fine-tune: {usd(total)}.")
     return notes
-
-
-def _usd(amount: float) -> str:
-    return f"${amount:.2f}" if amount >= 1 else f"${amount:.4f}"
 
 
 def _simulated(inputs: StepInputs, metrics: Mapping[str, Any] | None, ids: Mapping[str, str]) -> bool:
@@ -178,7 +121,7 @@ def _simulated(inputs: StepInputs, metrics: Mapping[str, Any] | None, ids: Mappi
         return True
     if any(output.get("simulated") for output in inputs.values()):
         return True
-    return any(v.startswith(SANDBOX_MODEL_PREFIX) for k, v in ids.items() if k in ("model", "model_output_name"))
+    return any(v.startswith(SANDBOX_MODEL_PREFIX) for k, v in ids.items() if k in (JournalKey.MODEL, OUTPUT_MODEL_KEY))
 
 
 def gather(ctx: JobContext, inputs: StepInputs) -> ReportData:
@@ -187,7 +130,7 @@ def gather(ctx: JobContext, inputs: StepInputs) -> ReportData:
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else None
     ids = remote_ids(ctx, inputs)
     data = ReportData(ctx.job_id, ctx.spec.name, _simulated(inputs, metrics, ids), ids, metrics, LossCurve())
-    data.curve = loss_curve(read_events(ctx.out_dir / "events.jsonl"))
+    data.curve = loss_curve(read_events(ctx.out_dir / EVENTS_FILE))
     data.notes = price_notes(inputs)
     if data.curve.train:
         data.charts["loss.png"] = loss_chart(data.curve)
@@ -197,11 +140,7 @@ def gather(ctx: JobContext, inputs: StepInputs) -> ReportData:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[list[str]]:
-    return [header, *[[_cell(v) for v in row] for row in rows]]
-
-
-def _cell(value: Any) -> str:
-    return str(value)
+    return [header, *[[str(v) for v in row] for row in rows]]
 
 
 def sections(data: ReportData) -> list[tuple[str, list[str], list[list[list[str]]], list[str]]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Settings
+from daemon.logs import JobLogs, LogSetup, configure
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from tests.daemon.sandbox.helpers import API_KEY as SANDBOX_KEY
@@ -26,6 +27,8 @@ def settings(tmp_path: Path) -> Settings:
         poll_min_s=0.01,
         poll_max_s=0.05,
         pause_probe_s=0.05,
+        retry_base_s=0.01,
+        retry_cap_s=0.05,
         shutdown_grace_s=2.0,
         max_spec_bytes=64 * 1024,
     )
@@ -45,13 +48,17 @@ dataset:
 
 
 @pytest.fixture(autouse=True)
-def _logging() -> None:
-    """Configure logging as the CLI does (JSON lines, per-job sinks), on this test's captured stdout."""
+def log_setup() -> LogSetup:
+    """Configure logging as the CLI does (JSON lines, per-job log files), on this test's captured stdout."""
     import sys
 
-    from daemon import logs
+    return configure("info", json_output=True, stream=sys.stdout)
 
-    logs.configure("info", json_output=True, stream=sys.stdout)
+
+@pytest.fixture
+def job_logs(log_setup: LogSetup) -> JobLogs:
+    """The per-job log files of this test's logging setup (what the CLI hands the service)."""
+    return log_setup.job_logs
 
 
 @pytest.fixture

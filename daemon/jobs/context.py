@@ -1,13 +1,19 @@
-"""What a step handler is given: the job's spec, folders and the runner-owned capabilities it may use (no I/O here)."""
+"""What a step handler is given: the job's spec, folders and the runner-owned capabilities it may use (no I/O here).
+
+Also the names of the job's journal entries, which the steps write and the status document and report read.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from daemon.config import Settings
+from daemon.errors import BadInput
+from daemon.remote.api import FineTuneAPI
 from daemon.spec import JobSpec
 
 # A step's output: a JSON-able mapping, saved by the runner as the step's checkpoint.
@@ -16,19 +22,39 @@ StepOutput = dict[str, Any]
 StepInputs = Mapping[str, StepOutput]
 
 
+class JournalKey(enum.StrEnum):
+    """The journal's entries: an intent is written before a remote side effect, its id right after."""
+
+    UPLOAD_INTENT = "upload.intent"  # sha256 of train.jsonl, before uploading it
+    FILE_ID = "file_id"
+    VALIDATION_UPLOAD_INTENT = "upload.validation_intent"
+    VALIDATION_FILE_ID = "validation_file_id"
+    CREATE_INTENT = "create.intent"  # the tag in the fine-tune's suffix, before creating it
+    FINE_TUNE_ID = "fine_tune_id"
+    POLL_DEADLINE = "poll.deadline_at"  # epoch seconds after which polling gives up
+    MODEL = "model"  # the fine-tuned model's name, once the fine-tune completed
+
+
+# The remote ids a person looks for, in this order (the intents and deadlines are the daemon's own notes).
+REMOTE_ID_KEYS = (JournalKey.FILE_ID, JournalKey.VALIDATION_FILE_ID, JournalKey.FINE_TUNE_ID, JournalKey.MODEL)
+
+
+def remote_ids(journal: Mapping[str, str]) -> dict[str, str]:
+    """The remote ids recorded in a job's journal."""
+    return {str(key): journal[key] for key in REMOTE_ID_KEYS if journal.get(key)}
+
+
 class Journal(Protocol):
     """Durable key/value notes of one job, for remote side effects: intent before the call, the id right after.
 
-    Keys in use: `upload.intent`, `file_id`, `upload.validation_intent`, `validation_file_id`, `create.intent`,
-    `fine_tune_id`, `poll.deadline_at`, `model`.
     `record` returns only once the value is on disk, so a crash after it cannot lose it.
     """
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: JournalKey) -> str | None:
         """The recorded value, or None."""
         ...
 
-    async def record(self, key: str, value: str) -> None:
+    async def record(self, key: JournalKey, value: str) -> None:
         """Durably record `value` under `key` (overwrites)."""
         ...
 
@@ -65,4 +91,10 @@ class JobContext:
     journal: Journal
     items: ItemStore
     progress: Progress
-    remote: Any = None  # daemon.remote.FineTuneAPI when the job talks to Together; typed there
+    remote: FineTuneAPI | None = None  # the fine-tuning provider, when Together (or the sandbox) is configured
+
+    def fine_tuning(self) -> FineTuneAPI:
+        """The fine-tuning provider; a step that needs one fails clearly when none is configured."""
+        if self.remote is None:
+            raise BadInput("this step needs Together: set TOGETHER_API_KEY, or run with --sandbox to use the simulator")
+        return self.remote

@@ -1,12 +1,14 @@
 """The runner: runs claimed jobs through their steps under a bound, one error boundary per job, step by step.
 
-It is the only writer of the state store and of status.json; handlers get capabilities through JobContext.
+It is the only writer of the state store and of the outbox: intake admits, rejects and files duplicates through it,
+the status server reads through it, and handlers get capabilities through JobContext.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +27,14 @@ from daemon.errors import (
     RemoteRejected,
     TransientError,
 )
-from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.jobs.capabilities import StoreItems, StoreJournal
+from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput, remote_ids
 from daemon.jobs.faults import crash_point
 from daemon.jobs.state import TERMINAL, JobStatus, StateStore
-from daemon.jobs.status import remote_ids, status_document
+from daemon.jobs.status import iso, status_document
 from daemon.jobs.steps import Step, steps_for
-from daemon.logs import JOB_SINKS
-from daemon.remote.backoff import Backoff
+from daemon.logs import JobLogs
+from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
 from daemon.spec import JobSpec, parse_spec
 from daemon.spool import outbox
@@ -39,10 +42,12 @@ from daemon.spool import outbox
 log = structlog.get_logger()
 
 PROGRESS_WRITE_INTERVAL_S = 1.0
+# The errors a job ends `failed` with, recorded with their message (any other exception is a crash: traceback too).
+JOB_FAILURES = (BadInput, RemoteRejected, RemoteJobFailed, TransientError, Paused)
 
 
 class AttemptsExhausted(FinetunedError):
-    """A step was started too many times without finishing (the process died or it kept failing)."""
+    """A step was started too many times without finishing (the process died while it ran, every time)."""
 
 
 @dataclass
@@ -55,40 +60,8 @@ class LiveJob:
     last_write: float = 0.0
 
 
-class StoreJournal:
-    """`Journal` over the state store, with the values cached in memory for `get`."""
-
-    def __init__(self, store: StateStore, settings: Settings, job_id: str, values: dict[str, str]) -> None:
-        self._store, self._settings, self._job_id, self._values = store, settings, job_id, values
-
-    def get(self, key: str) -> str | None:
-        """The recorded value, or None."""
-        return self._values.get(key)
-
-    async def record(self, key: str, value: str) -> None:
-        """Durably record; the crash point `journal:<key>` fires just before, for the adopt-after-crash tests."""
-        crash_point(self._settings, f"journal:{key}", self._job_id)
-        await asyncio.shield(self._store.record(self._job_id, key, value))
-        self._values[key] = value
-
-
-class StoreItems:
-    """`ItemStore` over the state store."""
-
-    def __init__(self, store: StateStore, job_id: str) -> None:
-        self._store, self._job_id = store, job_id
-
-    async def load(self, group: str) -> dict[str, dict[str, Any]]:
-        """Every saved item of `group`."""
-        return await self._store.load_items(self._job_id, group)
-
-    async def save(self, group: str, item_id: str, record: dict[str, Any]) -> None:
-        """Durably save one item."""
-        await asyncio.shield(self._store.save_item(self._job_id, group, item_id, record))
-
-
 class Runner:
-    """Starts, resumes, cancels and bounds jobs; publishes their status."""
+    """Admits, starts, resumes, cancels and bounds jobs; publishes their status; answers readers."""
 
     def __init__(
         self,
@@ -97,40 +70,107 @@ class Runner:
         gate: RemoteGate,
         *,
         steps: Sequence[Step],
-        remote: Any = None,
+        job_logs: JobLogs,
+        remote: FineTuneAPI | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self.settings, self.store, self.gate, self.remote = settings, store, gate, remote
+        self.settings, self._store, self._gate, self._remote = settings, store, gate, remote
         self._steps = steps
+        self._job_logs = job_logs
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
-        self.live: dict[str, LiveJob] = {}
+        self._live: dict[str, LiveJob] = {}
         self._on_change = on_change
 
+    # -- what readers (the service, the status server) may know -----------------------------------------------
     @property
     def busy(self) -> bool:
         """True while any job task is alive."""
-        return bool(self.live)
+        return bool(self._live)
 
+    @property
+    def active_jobs(self) -> int:
+        """Jobs with a running task."""
+        return len(self._live)
+
+    async def document(self, job_id: str) -> dict[str, Any] | None:
+        """One job's status document (as in its status.json), or None for an unknown job."""
+        record = await self._store.job(job_id)
+        if record is None:
+            return None
+        return status_document(record, self._progress_of(job_id), self._gate.reason)
+
+    async def documents(self) -> list[dict[str, Any]]:
+        """Every job's status document, oldest first."""
+        found = [await self.document(job_id) for job_id in await self._store.job_ids()]
+        return [d for d in found if d is not None]
+
+    async def counts(self) -> Counter[str]:
+        """How many jobs are in each status."""
+        return Counter(str(d["status"]) for d in await self.documents())
+
+    async def known(self, job_id: str) -> bool:
+        """True if a job (or a rejected input) with this id exists."""
+        return await self._store.job(job_id) is not None
+
+    # -- admissions (intake decides, the runner writes) --------------------------------------------------------
+    async def admit(self, job_id: str, name: str, claimed: Path) -> None:
+        """Record a claimed spec (`claimed`: its absolute path) as a job, publish its outbox folder, and start it."""
+        await self._store.add_job(job_id, name, str(claimed))
+        initial = {"job_id": job_id, "name": name, "status": str(JobStatus.queued), "created_at": iso(time.time())}
+        await asyncio.to_thread(outbox.create_job_folder, self.settings.outbox, job_id, claimed, initial)
+        await self.publish(job_id)
+        self.start(job_id)
+
+    async def reject(self, job_id: str, name: str, path: Path, problems: list[str]) -> None:
+        """Move a rejected input into its own outbox folder with a status.json naming its problems."""
+        error: dict[str, Any] = {"type": "SpecError", "message": "; ".join(problems), "step": "intake"}
+        document = {
+            "job_id": job_id,
+            "name": name,
+            "status": str(JobStatus.rejected),
+            "file": path.name,
+            "created_at": iso(time.time()),
+            "error": error | {"problems": problems},
+            "problems": problems,
+        }
+        kept = await asyncio.to_thread(outbox.publish_rejected, self.settings.outbox, job_id, path, document)
+        await self._store.add_job(job_id, name, str(kept.relative_to(self.settings.outbox)), JobStatus.rejected)
+        await self._store.set_status(job_id, JobStatus.rejected, error=error | {"problems": problems})
+
+    async def file_duplicate(self, job_id: str, path: Path) -> None:
+        """Keep a re-dropped copy of a job's spec beside the job (never run) and list it in its status."""
+        kept = await asyncio.to_thread(outbox.keep_duplicate, self.settings.outbox, job_id, path)
+        await self._store.add_duplicate(job_id, str(kept.relative_to(self.settings.outbox)))
+        await self.publish(job_id)
+
+    async def resume_unfinished(self) -> list[str]:
+        """Start every job that is not in a terminal state (at start-up); returns their ids."""
+        unfinished = await self._store.job_ids(unfinished_only=True)
+        for job_id in unfinished:
+            self.start(job_id)
+        return unfinished
+
+    # -- running ----------------------------------------------------------------------------------------------
     def start(self, job_id: str) -> None:
         """Run (or resume) a job in its own owned task; a job already running is left alone."""
-        if job_id in self.live:
+        if job_id in self._live:
             return
         task = asyncio.create_task(self._run_job(job_id), name=f"job:{job_id}")
-        self.live[job_id] = LiveJob(task=task)
+        self._live[job_id] = LiveJob(task=task)
         task.add_done_callback(lambda t: self._job_done(job_id, t))
 
     def _job_done(self, job_id: str, task: asyncio.Task[None]) -> None:
-        self.live.pop(job_id, None)
+        self._live.pop(job_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("job_task_crashed", job_id=job_id, error=repr(task.exception()))
         self._on_change()
 
     async def request_cancel(self, job_id: str) -> bool:
         """Cancel a job: a running one is interrupted, a queued one ends at once. False if unknown or finished."""
-        record = await self.store.job(job_id)
+        record = await self._store.job(job_id)
         if record is None or record.status in TERMINAL:
             return False
-        live = self.live.get(job_id)
+        live = self._live.get(job_id)
         if live is not None:
             live.cancel_requested = True
             live.task.cancel()
@@ -138,9 +178,14 @@ class Runner:
         await self._finish(job_id, JobStatus.cancelled, None)
         return True
 
+    def interrupt_all(self) -> None:
+        """Cancel every running job task at once (a second signal); their state is saved, they resume later."""
+        for live in list(self._live.values()):
+            live.task.cancel()
+
     async def drain(self, grace_s: float) -> None:
         """Let running steps finish for up to `grace_s`, then cancel the rest (their state is saved)."""
-        tasks = [live.task for live in self.live.values()]
+        tasks = [live.task for live in self._live.values()]
         if not tasks:
             return
         log.info("draining", jobs=len(tasks), grace_s=grace_s)
@@ -152,19 +197,22 @@ class Runner:
     async def _run_job(self, job_id: str) -> None:
         async with self._slots:
             with bound_contextvars(job_id=job_id):
-                await self._job_boundary(job_id)
+                await self._job_logs.open(job_id, outbox.job_dir(self.settings.outbox, job_id) / outbox.LOG_FILE)
+                try:
+                    await self._job_boundary(job_id)
+                finally:
+                    await asyncio.shield(self._job_logs.close(job_id))
 
     async def _job_boundary(self, job_id: str) -> None:
         """The one place a job's failure is caught: it is recorded, and no other job is affected."""
         started = time.monotonic()
-        JOB_SINKS.open(job_id, outbox.job_dir(self.settings.outbox, job_id) / outbox.LOG_FILE)
         status: JobStatus | None = None
         error: dict[str, Any] | None = None
         try:
             await self._execute(job_id)
             status = JobStatus.completed
         except asyncio.CancelledError:
-            live = self.live.get(job_id)
+            live = self._live.get(job_id)
             if live is None or not live.cancel_requested:
                 log.info("job_interrupted", reason="shutdown; resumes from its last checkpoint on restart")
                 raise
@@ -172,25 +220,24 @@ class Runner:
             status = JobStatus.cancelled
         except JobCancelled:
             status = JobStatus.cancelled
-        except (BadInput, RemoteRejected, RemoteJobFailed, AttemptsExhausted, TransientError, Paused) as exc:
-            status, error = JobStatus.failed, _error_info(exc, await self._current_step(job_id))
+        except (*JOB_FAILURES, AttemptsExhausted) as exc:
+            status, error = JobStatus.failed, await self._error_info(job_id, exc)
             log.error("job_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
         except Exception as exc:  # noqa: BLE001 - the per-job boundary: record it, keep the daemon and other jobs going
             log.exception("job_crashed")
-            status, error = JobStatus.failed, _error_info(exc, await self._current_step(job_id))
+            status, error = JobStatus.failed, await self._error_info(job_id, exc)
         finally:
             if status is not None:
                 await asyncio.shield(self._finish(job_id, status, error, time.monotonic() - started))
-            JOB_SINKS.close(job_id)
 
     async def _execute(self, job_id: str) -> None:
-        record = await self.store.job(job_id)
+        record = await self._store.job(job_id)
         assert record is not None, f"job {job_id} vanished from the state store"
         if record.status in TERMINAL:
             return
         spec_path = Path(record.spec_file)
         spec = parse_spec(await asyncio.to_thread(spec_path.read_bytes), spec_path.name)
-        await self.store.set_status(job_id, JobStatus.running)
+        await self._store.set_status(job_id, JobStatus.running)
         await self.publish(job_id)
         log.info("job_started", name=spec.name, resumed=bool(record.steps))
         ctx = self._context(job_id, spec, dict(record.journal))
@@ -203,48 +250,45 @@ class Runner:
             outputs[step.name] = await self._run_step(ctx, step, outputs)
 
     def _context(self, job_id: str, spec: JobSpec, journal: dict[str, str]) -> JobContext:
-        work_dir = self.settings.jobs_dir / job_id
         return JobContext(
             job_id=job_id,
             spec=spec,
             settings=self.settings,
             out_dir=outbox.job_dir(self.settings.outbox, job_id),
-            work_dir=work_dir,
-            journal=StoreJournal(self.store, self.settings, job_id, journal),
-            items=StoreItems(self.store, job_id),
+            work_dir=self.settings.jobs_dir / job_id,
+            journal=StoreJournal(self._store, self.settings, job_id, journal),
+            items=StoreItems(self._store, job_id),
             progress=lambda **fields: self._progress(job_id, fields),
-            remote=self.remote,
+            remote=self._remote,
         )
 
     async def _run_step(self, ctx: JobContext, step: Step, outputs: StepInputs) -> StepOutput:
-        """Run one step to a saved checkpoint: attempts counted first, pauses waited out, transient errors retried."""
-        delays = Backoff(base_s=self.settings.poll_min_s, cap_s=self.settings.poll_max_s)
+        """Run one step to a saved checkpoint: attempts counted first, pauses waited out (without spending one)."""
+        if step.needs_together:
+            ctx.fine_tuning()  # fails the job clearly, before an attempt is counted, when no provider is configured
         while True:
-            if step.needs_together and self.remote is None:
-                raise BadInput(
-                    f"step {step.name} needs Together: set TOGETHER_API_KEY, or run with --sandbox to use the simulator"
-                )
             if step.remote:
                 await self._wait_gate(ctx.job_id)
-            attempt = await self.store.begin_step(ctx.job_id, step.name)
+            attempt = await self._store.begin_step(ctx.job_id, step.name)
             if attempt > self.settings.max_step_attempts:
                 raise AttemptsExhausted(
                     f"step {step.name} was started {attempt - 1} times without finishing "
                     f"(limit FINETUNED_MAX_STEP_ATTEMPTS={self.settings.max_step_attempts})"
                 )
             crash_point(self.settings, f"before:{step.name}", ctx.job_id)
-            output = await self._attempt(ctx, step, attempt, delays, outputs)
+            output = await self._attempt(ctx, step, attempt, outputs)
             if output is not None:
-                await asyncio.shield(self.store.finish_step(ctx.job_id, step.name, output))
-                self.live_progress(ctx.job_id).clear()
+                await asyncio.shield(self._store.finish_step(ctx.job_id, step.name, output))
+                self._progress_of(ctx.job_id).clear()
                 await self.publish(ctx.job_id)
                 crash_point(self.settings, f"after:{step.name}", ctx.job_id)
                 return output
 
-    async def _attempt(
-        self, ctx: JobContext, step: Step, attempt: int, delays: Backoff, outputs: StepInputs
-    ) -> StepOutput | None:
-        """One try of a step: its output, or None when it should be tried again."""
+    async def _attempt(self, ctx: JobContext, step: Step, attempt: int, outputs: StepInputs) -> StepOutput | None:
+        """One try of a step: its output, or None after a pause (the step runs again once remote work resumes).
+
+        Any other error ends the step `failed` (retrying remote calls is the retry layer's business, not this one's).
+        """
         with bound_contextvars(step=step.name):
             log.info("step_started", attempt=attempt)
             await self.publish(ctx.job_id)
@@ -252,32 +296,29 @@ class Runner:
             try:
                 output = await step.run(ctx, outputs)
             except Paused as exc:
-                await asyncio.shield(self.store.refund_attempt(ctx.job_id, step.name))
-                self.gate.pause(exc)
-                return None
-            except TransientError as exc:
-                if attempt >= self.settings.max_step_attempts:
-                    raise
-                delay = delays.next_delay(exc.retry_after_s)
-                log.warning("step_retry", attempt=attempt, delay_s=round(delay, 2), error=str(exc)[:300])
-                await asyncio.sleep(delay)
+                await asyncio.shield(self._store.refund_attempt(ctx.job_id, step.name))
+                self._gate.pause(exc)
                 return None
             except asyncio.CancelledError:
-                await asyncio.shield(self.store.refund_attempt(ctx.job_id, step.name))
+                await asyncio.shield(self._store.refund_attempt(ctx.job_id, step.name))
+                raise
+            except Exception:
+                await asyncio.shield(self._store.fail_step(ctx.job_id, step.name))
                 raise
             log.info("step_finished", attempt=attempt, duration_s=round(time.monotonic() - started, 3))
             return output
 
     async def _wait_gate(self, job_id: str) -> None:
-        if self.gate.is_open:
+        if self._gate.is_open:
             return
-        await self.store.set_status(job_id, JobStatus.paused)
+        await self._store.set_status(job_id, JobStatus.paused)
         await self.publish(job_id)
-        await self.gate.wait_open()
-        await self.store.set_status(job_id, JobStatus.running)
+        await self._gate.wait_open()
+        await self._store.set_status(job_id, JobStatus.running)
 
+    # -- status -----------------------------------------------------------------------------------------------
     async def _progress(self, job_id: str, fields: dict[str, Any]) -> None:
-        live = self.live.get(job_id)
+        live = self._live.get(job_id)
         if live is None:
             return
         live.progress = dict(fields)
@@ -286,26 +327,25 @@ class Runner:
             live.last_write = now
             await self.publish(job_id)
 
-    def live_progress(self, job_id: str) -> dict[str, Any]:
-        """The current step's progress of a running job (empty when none)."""
-        live = self.live.get(job_id)
+    def _progress_of(self, job_id: str) -> dict[str, Any]:
+        live = self._live.get(job_id)
         return live.progress if live is not None else {}
 
     async def publish(self, job_id: str) -> None:
         """Rewrite the job's status.json from the state store (atomically)."""
-        record = await self.store.job(job_id)
-        if record is None:
+        document = await self.document(job_id)
+        if document is None:
             return
-        document = status_document(record, self.live_progress(job_id), self.gate.reason)
         await asyncio.to_thread(outbox.write_status, self.settings.outbox, job_id, document)
         self._on_change()
 
     async def _finish(
         self, job_id: str, status: JobStatus, error: dict[str, Any] | None, duration_s: float | None = None
     ) -> None:
-        await self.store.set_status(job_id, status, error=error)
+        await self._store.set_status(job_id, status, error=error)
+        self._progress_of(job_id).clear()
         await self.publish(job_id)
-        record = await self.store.job(job_id)
+        record = await self._store.job(job_id)
         log.info(
             "job_finished",
             job_id=job_id,
@@ -321,24 +361,25 @@ class Runner:
         )
 
     async def _cancel_remote(self, job_id: str) -> None:
-        record = await self.store.job(job_id)
-        fine_tune_id = record.journal.get("fine_tune_id") if record else None
-        if fine_tune_id and self.remote is not None and not (record and record.journal.get("model")):
+        record = await self._store.job(job_id)
+        journal = record.journal if record else {}
+        fine_tune_id = journal.get(JournalKey.FINE_TUNE_ID)
+        if fine_tune_id and self._remote is not None and not journal.get(JournalKey.MODEL):
             try:
-                await self.remote.cancel(fine_tune_id)
+                await self._remote.cancel(fine_tune_id)
                 log.info("remote_job_cancelled", fine_tune_id=fine_tune_id)
             except FinetunedError as exc:
                 log.error("remote_cancel_failed", fine_tune_id=fine_tune_id, error=str(exc))
 
-    async def _current_step(self, job_id: str) -> str | None:
-        record = await self.store.job(job_id)
-        return record.step if record else None
-
-
-def _error_info(exc: BaseException, step: str | None) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "step": step}
-    for attr in ("http_status", "remote_status", "problems"):
-        value = getattr(exc, attr, None)
-        if value is not None:
-            info[attr] = value
-    return info
+    async def _error_info(self, job_id: str, exc: BaseException) -> dict[str, Any]:
+        record = await self._store.job(job_id)
+        info: dict[str, Any] = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "step": record.step if record else None,
+        }
+        for attr in ("http_status", "remote_status", "problems"):
+            value = getattr(exc, attr, None)
+            if value is not None:
+                info[attr] = value
+        return info

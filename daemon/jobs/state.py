@@ -186,6 +186,13 @@ class StateStore:
             (job_id, step),
         )
 
+    async def fail_step(self, job_id: str, step: str) -> None:
+        """Mark a step's attempt as failed (the job fails with it; the attempt stays counted)."""
+        await self._write(
+            "UPDATE steps SET status=?, finished_at=? WHERE job_id=? AND step=?",
+            (StepStatus.failed, time.time(), job_id, step),
+        )
+
     async def finish_step(self, job_id: str, step: str, output: dict[str, Any]) -> None:
         """Save a step's output: the checkpoint the next step starts from."""
         await self._write(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from daemon.jobs.context import remote_ids
 from daemon.jobs.state import JobRecord, JobStatus
-
-REMOTE_KEYS = ("file_id", "validation_file_id", "fine_tune_id", "model")
 
 
 def iso(epoch_s: float | None) -> str | None:
@@ -15,11 +14,6 @@ def iso(epoch_s: float | None) -> str | None:
     if epoch_s is None:
         return None
     return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def remote_ids(journal: dict[str, str]) -> dict[str, str]:
-    """The remote ids a user looks for (the journal also holds intents and deadlines, which are ours)."""
-    return {k: journal[k] for k in REMOTE_KEYS if k in journal}
 
 
 def status_document(record: JobRecord, progress: dict[str, Any], pause_reason: str | None) -> dict[str, Any]:

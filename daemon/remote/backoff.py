@@ -1,6 +1,8 @@
-"""All retrying goes through here: exponential backoff with full jitter, Retry-After honoured, attempt and time caps.
+"""The one retry layer: exponential backoff with full jitter, Retry-After honoured, caps on attempts and on time.
 
-Retries happen only on the exception types named by the caller (by default `TransientError`); time is injectable.
+Retries happen only on the exception types named by the caller (by default `TransientError`); sleep and clock are
+injectable. Management calls use `RetryPolicy` built from the settings (FINETUNED_RETRY_*); the chat client uses
+the same `retry` with the spec's per-request attempts.
 """
 
 from __future__ import annotations
@@ -51,30 +53,44 @@ class Backoff:
         self.attempt = 0
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long one remote call is tried: at most `attempts` tries, the delay before try n+1 drawn
+    from `uniform(0, min(cap_s, base_s * 2**(n-1)))` (at least the server's Retry-After, up to `max_retry_after_s`),
+    and no try started later than `max_total_s` after the first."""
+
+    attempts: int = 8
+    base_s: float = 1.0
+    cap_s: float = 60.0
+    max_total_s: float = 900.0
+    max_retry_after_s: float = 600.0
+
+    def backoff(self) -> Backoff:
+        """A fresh delay sequence for one call."""
+        return Backoff(base_s=self.base_s, cap_s=self.cap_s, max_retry_after_s=self.max_retry_after_s)
+
+
 async def retry(
     call: Callable[[], Awaitable[T]],
     *,
-    attempts: int,
-    max_total_s: float,
+    policy: RetryPolicy,
     on: tuple[type[BaseException], ...] = (TransientError,),
-    backoff: Backoff | None = None,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
     what: str = "call",
 ) -> T:
-    """Await `call()` until it succeeds; retry only on `on`, at most `attempts` times and `max_total_s` seconds.
+    """Await `call()` until it succeeds; retry only on `on`, within the policy's attempt and time caps.
 
     The last error is re-raised when a cap is reached. A `retry_after_s` attribute on the error is honoured.
     """
-    policy = backoff or Backoff()
-    deadline = clock() + max_total_s
-    for attempt in range(1, attempts + 1):
+    delays = policy.backoff()
+    deadline = clock() + policy.max_total_s
+    for attempt in range(1, policy.attempts + 1):
         try:
             return await call()
         except on as exc:
-            retry_after = getattr(exc, "retry_after_s", None)
-            delay = policy.next_delay(retry_after)
-            if attempt == attempts or clock() + delay > deadline:
+            delay = delays.next_delay(getattr(exc, "retry_after_s", None))
+            if attempt == policy.attempts or clock() + delay > deadline:
                 raise
             log.info("retrying", what=what, attempt=attempt, delay_s=round(delay, 3), error=str(exc)[:300])
             await sleep(delay)

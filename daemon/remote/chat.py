@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
@@ -20,8 +18,9 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from daemon.errors import Paused, RemoteRejected, TransientError
-from daemon.remote.backoff import Backoff, Clock, Sleep, retry
+from daemon.errors import TransientError
+from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
+from daemon.remote.classify import classify, is_quota, retry_after_s, seconds
 
 log = structlog.get_logger()
 
@@ -30,14 +29,6 @@ SIMULATED_HEADER = "x-finetuned-simulated"
 # The sandbox's admin API (never faulted): answering it with its counters identifies the sandbox.
 SANDBOX_PROBE_PATH = "/_sandbox/stats"
 SANDBOX_PROBE_TIMEOUT_S = 5.0
-_CONTEXT_LENGTH = re.compile(r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long", re.I)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RETRIED_STATUSES = frozenset({408, 409, 425})
-
-
-class ContextLengthExceeded(RemoteRejected):
-    """The prompt (plus max_tokens) does not fit the model's context: this item cannot be answered."""
 
 
 @dataclass(frozen=True)
@@ -101,46 +92,19 @@ class RateHints:
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], *, now_epoch_s: float | None = None) -> RateHints:
-        """Read `retry-after-ms`, `retry-after` (seconds or HTTP date), `x-ratelimit-remaining[-requests]` and
-        `x-ratelimit-reset[-requests]` (Together: seconds; OpenAI: durations such as `1s`, `6m0s`, `20ms`)."""
-        retry_after = _float(headers.get("retry-after-ms"), scale=0.001)
-        if retry_after is None:
-            retry_after = _retry_after(headers.get("retry-after"), now_epoch_s)
-        reset = _duration(headers.get("x-ratelimit-reset") or headers.get("x-ratelimit-reset-requests"))
-        remaining = _float(headers.get("x-ratelimit-remaining") or headers.get("x-ratelimit-remaining-requests"))
-        return cls(retry_after, None if remaining is None else int(remaining), reset)
+        """Read the wait the server asks for (see daemon.remote.classify.retry_after_s), and
+        `x-ratelimit-remaining[-requests]` / `x-ratelimit-reset[-requests]` (Together: seconds; OpenAI: `6m0s`)."""
+        reset = seconds(headers.get("x-ratelimit-reset") or headers.get("x-ratelimit-reset-requests"))
+        remaining = seconds(headers.get("x-ratelimit-remaining") or headers.get("x-ratelimit-remaining-requests"))
+        asked = None
+        if "retry-after-ms" in headers or "retry-after" in headers:
+            asked = retry_after_s(headers, now_epoch_s=now_epoch_s)
+        return cls(asked, None if remaining is None else int(remaining), reset)
 
     @property
     def wait_s(self) -> float | None:
         """How long the provider asks us to wait before the next request, if it says."""
         return self.retry_after_s if self.retry_after_s is not None else self.reset_s
-
-
-def _float(raw: str | None, *, scale: float = 1.0) -> float | None:
-    try:
-        value = float(raw) * scale if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and value >= 0 else None
-
-
-def _retry_after(raw: str | None, now_epoch_s: float | None) -> float | None:
-    seconds = _float(raw)
-    if seconds is not None or raw is None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(raw).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now_epoch_s is None else now_epoch_s))
-
-
-def _duration(raw: str | None) -> float | None:
-    seconds = _float(raw)
-    if seconds is not None or raw is None:
-        return seconds
-    parts = _DURATION.findall(raw)
-    return sum(float(n) * _DURATION_UNITS_S[unit] for n, unit in parts) if parts else None
 
 
 class AdaptiveLimit:
@@ -235,18 +199,13 @@ class ChatClient:
         *,
         concurrency: int,
         request_timeout_s: float,
-        max_attempts: int,
-        max_retry_s: float = 600.0,
-        backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 30.0,
+        retry_policy: RetryPolicy,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
         self.concurrency = concurrency
         self.request_timeout_s = request_timeout_s
-        self.max_attempts = max_attempts
-        self.max_retry_s = max_retry_s
-        self._backoff = (backoff_base_s, backoff_cap_s)
+        self.retry_policy = retry_policy
         self._sleep = sleep
         self._clock = clock
         self._bound = asyncio.Semaphore(concurrency)
@@ -306,9 +265,7 @@ class ChatClient:
 
         reply = await retry(
             attempt,
-            attempts=self.max_attempts,
-            max_total_s=self.max_retry_s,
-            backoff=Backoff(base_s=self._backoff[0], cap_s=self._backoff[1]),
+            policy=self.retry_policy,
             sleep=self._sleep,
             clock=lambda: self._clock() - queued_s,
             what="chat_completion",
@@ -337,9 +294,12 @@ class ChatClient:
             if hints.remaining == 0:
                 provider.limit.cool_down(hints.reset_s)
             return _reply(raw, headers), waited_s
-        if status == 429 and not _quota_exhausted(raw):
+        if status == 429 and not is_quota(status, raw):
             provider.limit.throttled(generation, hints.wait_s)
-        raise _error(status, raw, hints)
+        error = classify("chat request", status, raw, headers)
+        if isinstance(error, TransientError) and error.retry_after_s is None:
+            error.retry_after_s = hints.wait_s
+        raise error
 
     async def _post(
         self, session: aiohttp.ClientSession, endpoint: ChatEndpoint, request: ChatRequest
@@ -376,31 +336,3 @@ def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         simulated=SIMULATED_HEADER in headers,
     )
-
-
-def _error_fields(raw: bytes) -> tuple[str, str]:
-    """(message, code-or-type) of an error body `{"error": {...}}`, or the raw text."""
-    try:
-        error = json.loads(raw).get("error")
-    except (ValueError, AttributeError):
-        return raw.decode("utf-8", "replace")[:300], ""
-    if isinstance(error, dict):
-        return str(error.get("message", ""))[:300], str(error.get("code") or error.get("type") or "")
-    return str(error)[:300], ""
-
-
-def _quota_exhausted(raw: bytes) -> bool:
-    message, code = _error_fields(raw)
-    return code == "insufficient_quota" or "insufficient_quota" in message
-
-
-def _error(status: int, raw: bytes, hints: RateHints) -> Exception:
-    message, code = _error_fields(raw)
-    text = f"HTTP {status}: {message or code or 'no message'}"
-    if status in (400, 403, 413) and (_CONTEXT_LENGTH.search(message) or "context_length" in code):
-        return ContextLengthExceeded(text, http_status=status)
-    if status in (401, 402, 403) or (status == 429 and _quota_exhausted(raw)):
-        return Paused(f"chat endpoint refused the credentials or quota: {text}", http_status=status)
-    if status == 429 or status >= 500 or status in _RETRIED_STATUSES:
-        return TransientError(text, retry_after_s=hints.wait_s, http_status=status)
-    return RemoteRejected(text, http_status=status)

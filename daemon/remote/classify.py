@@ -1,80 +1,104 @@
-"""How remote failures are classified and retried: HTTP status -> Paused / TransientError / RemoteRejected.
+"""The one classifier of remote failures: an HTTP status, its error body and its headers become a daemon error.
 
-Used by daemon.remote.together (the Together adapter) and by the upload/create/poll steps; knows nothing of the SDK.
+Used by the Together adapter (management calls) and the chat client (evaluation requests) alike, so both decide
+pause / retry / refuse the same way; knows nothing of the SDK or of aiohttp.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
 
-from daemon.config import Settings
-from daemon.errors import FinetunedError, Paused, RemoteRejected, TransientError
-from daemon.remote.backoff import Backoff, retry
+from daemon.errors import ContextLengthExceeded, FinetunedError, Paused, RemoteRejected, TransientError
 
-T = TypeVar("T")
-CALL_ATTEMPTS = 12  # a whole upload is 3 calls: at a 30 % fault rate one attempt succeeds only ~1 time in 3
-CALL_MAX_TOTAL_S = 900.0
-CALL_MAX_BASE_S = 1.0
-CALL_MAX_CAP_S = 30.0
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# 408 Request Timeout, 409 Conflict (Together: a concurrent change), 425 Too Early, 429 Too Many Requests; and 5xx.
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+# The credentials or the account are refused: every remote call would fail alike until a person fixes it.
 PAUSING_STATUSES = frozenset({401, 402, 403})
+QUOTA_CODES = frozenset({"insufficient_quota"})
+# Statuses with which servers report a prompt that does not fit the model's context (Together uses 403 for it too).
+CONTEXT_STATUSES = frozenset({400, 403, 413, 422})
+CONTEXT_LENGTH = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|too many tokens|prompt is too long", re.IGNORECASE
+)
+MESSAGE_CHARS = 500
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-async def with_retries(settings: Settings, what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Retry `call` on TransientError with full-jitter backoff (Retry-After honoured); other errors propagate.
-
-    Delays grow from min(1 s, poll_min_s) to min(30 s, poll_max_s); at most 12 attempts and 15 minutes.
-    """
-    backoff = Backoff(base_s=min(CALL_MAX_BASE_S, settings.poll_min_s), cap_s=min(CALL_MAX_CAP_S, settings.poll_max_s))
-    return await retry(call, attempts=CALL_ATTEMPTS, max_total_s=CALL_MAX_TOTAL_S, backoff=backoff, what=what)
-
-
-def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, `Retry-After` (seconds or HTTP date) or `x-ratelimit-reset`."""
-    if (ms := headers.get("retry-after-ms")) is not None:
+def error_fields(body: object) -> tuple[str, str]:
+    """(message, code-or-type) of an error body in any shape: `{"error": {...}}`, `{"error": "..."}`, JSON text,
+    bytes, or plain text."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        text = body
         try:
-            return max(0.0, float(ms) / 1000.0)
+            body = json.loads(text)
         except ValueError:
-            pass
-    for name in ("retry-after", "x-ratelimit-reset"):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                continue
-    return None
-
-
-def remote_message(body: object) -> tuple[str, str]:
-    """(message, code-or-type) from a Together error body, whatever its shape (the upload path passes JSON text)."""
-    if isinstance(body, str | bytes):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return str(body)[:500], ""
+            return text[:MESSAGE_CHARS], ""
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict):
             code = str(error.get("code") or error.get("type") or "")
-            return str(error.get("message") or error)[:500], code
-        return str(error)[:500], ""
-    return str(body)[:500], ""
+            return str(error.get("message") or error)[:MESSAGE_CHARS], code
+        return str(error)[:MESSAGE_CHARS], ""
+    return str(body)[:MESSAGE_CHARS], ""
 
 
-def status_error(what: str, status: int, body: object, headers: Mapping[str, str]) -> FinetunedError:
-    """401/403/402/429-insufficient_quota pause; 408/409/429/5xx are transient; any other status is a refusal."""
-    message, code = remote_message(body)
-    text = f"{what}: HTTP {status}: {message}"
-    if status in PAUSING_STATUSES or (status == 429 and "insufficient_quota" in code):
+def seconds(raw: str | None, *, now_epoch_s: float | None = None) -> float | None:
+    """A non-negative duration from a header value: seconds (`2`, `0.5`), a Go-style duration (`1m30.5s`, `20ms`,
+    OpenAI's x-ratelimit-reset-*) or an HTTP date (Retry-After); None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        pass
+    else:
+        return value if value >= 0 else None
+    if parts := _DURATION.findall(raw):
+        return sum(float(n) * _DURATION_UNITS_S[unit] for n, unit in parts)
+    try:
+        when = parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now_epoch_s is None else now_epoch_s))
+
+
+def retry_after_s(headers: Mapping[str, str], *, now_epoch_s: float | None = None) -> float | None:
+    """How long the server asks us to wait: `retry-after-ms`, else `Retry-After`, else `x-ratelimit-reset`
+    (Together's suggested retry interval; OpenAI's `x-ratelimit-reset-requests`)."""
+    millis = seconds(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    for name in ("retry-after", "x-ratelimit-reset", "x-ratelimit-reset-requests"):
+        value = seconds(headers.get(name), now_epoch_s=now_epoch_s)
+        if value is not None:
+            return value
+    return None
+
+
+def is_quota(status: int, body: object) -> bool:
+    """A 429 that means the account is out of quota (no retry can help), not a rate limit."""
+    if status != 429:
+        return False
+    message, code = error_fields(body)
+    return code in QUOTA_CODES or any(q in message for q in QUOTA_CODES)
+
+
+def classify(what: str, status: int, body: object, headers: Mapping[str, str]) -> FinetunedError:
+    """The error for a failed call `what`: context length (the item cannot be answered) before the pausing
+    statuses (Together answers 403 to both); 401/402/403 and out-of-quota pause; 408/409/425/429 and 5xx are
+    transient (with the server's Retry-After); any other status is a refusal of this request."""
+    message, code = error_fields(body)
+    text = f"{what}: HTTP {status}: {message or code or 'no message'}"
+    if status in CONTEXT_STATUSES and (CONTEXT_LENGTH.search(message) or "context_length" in code):
+        return ContextLengthExceeded(text, http_status=status)
+    if status in PAUSING_STATUSES or is_quota(status, body):
         return Paused(f"{text} (remote work is paused until this is fixed)", http_status=status)
     if status in RETRYABLE_STATUSES or status >= 500:
         return TransientError(text, retry_after_s=retry_after_s(headers), http_status=status)

@@ -20,15 +20,17 @@ Probe = Callable[[], Awaitable[None]]
 class RemoteGate:
     """Open unless remote work is paused; `pause()` closes it and starts one owned probe loop."""
 
-    def __init__(self, probe: Probe | None, probe_interval_s: float) -> None:
+    def __init__(
+        self, probe: Probe | None, probe_interval_s: float, *, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self._probe = probe
         self._interval_s = probe_interval_s
+        self._on_change = on_change
         self._open = asyncio.Event()
         self._open.set()
         self._task: asyncio.Task[None] | None = None
         self.reason: str | None = None
         self.paused_since: float | None = None  # loop time the gate closed, None while open
-        self.on_change: Callable[[], None] = lambda: None
 
     @property
     def is_open(self) -> bool:
@@ -46,7 +48,7 @@ class RemoteGate:
             self._open.clear()
             self.paused_since = asyncio.get_running_loop().time()
             log.error("remote_paused", reason=self.reason, http_status=error.http_status)
-            self.on_change()
+            self._on_change()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._probe_until_open(), name="remote-gate-probe")
 
@@ -68,7 +70,7 @@ class RemoteGate:
             self.paused_since = None
             self._open.set()
             log.info("remote_resumed")
-            self.on_change()
+            self._on_change()
 
     async def close(self) -> None:
         """Stop probing."""

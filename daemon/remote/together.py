@@ -24,8 +24,9 @@ from together.types.finetune_model_limits import FinetuneModelLimits
 
 from daemon.config import Settings
 from daemon.errors import BadInput, DatasetError, FinetunedError, Paused, RemoteRejected, TransientError
+from daemon.logs import Redactor
 from daemon.remote.api import FineTuneRequest, PriceEstimate, RemoteFile, RemoteJob
-from daemon.remote.classify import status_error
+from daemon.remote.classify import classify
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -43,7 +44,7 @@ def translate(exc: Exception, what: str) -> FinetunedError:
     if isinstance(exc, FileTypeError):
         return DatasetError(f"{what}: the file was refused before upload: {str(exc)[:500]}")
     if isinstance(exc, together.APIStatusError):
-        return status_error(what, exc.status_code, exc.body, exc.response.headers)
+        return classify(what, exc.status_code, exc.body, exc.response.headers)
     return RemoteRejected(f"{what}: {type(exc).__name__}: {str(exc)[:500]}")
 
 
@@ -52,9 +53,12 @@ class TogetherAPI:
 
     `secrets` maps env-var names to values (the CLI passes the environment) so that a spec's `wandb_api_key_env`
     can be resolved here, at the call, without the key ever passing through a step's output or the journal.
+    `redactor` is the daemon's one list of secrets (the logs use it too): errors leave this class redacted.
     """
 
-    def __init__(self, settings: Settings, *, secrets: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, secrets: Mapping[str, str] | None = None, redactor: Redactor | None = None
+    ) -> None:
         if not settings.together_api_key:
             raise Paused("TOGETHER_API_KEY is not set")
         options: dict[str, Any] = {
@@ -69,7 +73,7 @@ class TogetherAPI:
         # Upload runs whole in a thread: the SDK's upload hashes and reads the file synchronously.
         self._sync = together.Together(**options)
         self._secrets = dict(secrets) if secrets is not None else dict(settings.named_secrets)
-        self._hidden = list(settings.secrets())  # plus each secret once it is used (see _wandb_key)
+        self._redactor = redactor if redactor is not None else Redactor(settings.secrets())
         self._limits: dict[str, FinetuneModelLimits] = {}
         self._uploaded: dict[str, RemoteFile] = {}
 
@@ -84,9 +88,7 @@ class TogetherAPI:
             raise self._redact(translate(exc, what)) from None
 
     def _redact(self, error: FinetunedError) -> FinetunedError:
-        for secret in self._hidden:
-            if secret in error.args[0]:
-                error.args = (error.args[0].replace(secret, "***"),)
+        error.args = tuple(self._redactor.scrub(list(error.args)))
         return error
 
     # -- files ------------------------------------------------------------------------------------------------
@@ -192,8 +194,7 @@ class TogetherAPI:
         value = self._secrets.get(env_name)
         if not value:
             raise BadInput(f"finetune.wandb_api_key_env names {env_name}, which is not set in the daemon's environment")
-        if value not in self._hidden:
-            self._hidden.append(value)
+        self._redactor.add(value)
         return value
 
     async def find_job(self, tag: str) -> RemoteJob | None:

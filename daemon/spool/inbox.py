@@ -159,14 +159,15 @@ def scan(inbox: Path, settings: Settings) -> list[Arrival | Unsettled]:
 
 
 def claim(arrival: Arrival, jobs_dir: Path) -> Path:
-    """Move the spec out of the inbox into `jobs_dir/<job_id>/` with one rename of the file and one of the folder."""
+    """Move the spec out of the inbox into `jobs_dir/<job_id>/` with one rename of the file and one of the folder;
+    returns the claimed spec's absolute path."""
     staging = jobs_dir / f".claim-{arrival.job_id}-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     os.rename(arrival.path, staging / arrival.path.name)
     final = jobs_dir / arrival.job_id
     os.rename(staging, final)
     fsync_dir(jobs_dir)
-    return final / arrival.path.name
+    return final.resolve() / arrival.path.name
 
 
 def check_same_filesystem(settings: Settings) -> None:

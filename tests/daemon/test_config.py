@@ -55,5 +55,5 @@ def test_env_file_values_lose_to_the_environment(tmp_path: Path) -> None:
 def test_named_secrets_are_available_by_variable_and_redacted() -> None:
     """A spec may name a key variable (OPENAI_API_KEY); its value is held as a secret, never shown."""
     settings = Settings.from_env({"OPENAI_API_KEY": "sk-abcdef123456", "FINETUNED_LOG_LEVEL": "debug"})
-    assert settings.secret("OPENAI_API_KEY") == "sk-abcdef123456" and settings.secret("NOPE") is None
+    assert settings.named_secrets == {"OPENAI_API_KEY": "sk-abcdef123456"}
     assert "sk-abcdef123456" in settings.secrets() and "sk-abcdef" not in repr(settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from daemon.config import Settings
 from daemon.errors import BadInput, Paused, TransientError
 from daemon.jobs.context import JobContext, StepInputs, StepOutput
 from daemon.jobs.steps import Step
+from daemon.logs import JobLogs
+from daemon.remote.backoff import RetryPolicy, retry
 from daemon.service import Service
 from daemon.spool.files import atomic_write_json
 from tests.conftest import with_
@@ -33,14 +36,27 @@ async def write_step(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     return {"artifact": str(ctx.out_dir / "artifact.json")}
 
 
+def flaky_call(job_id: str, failures: int = 2) -> Callable[[], Awaitable[None]]:
+    """A remote call that answers 503 the first `failures` times."""
+
+    async def call() -> None:
+        CALLS.append((job_id, "call"))
+        if CALLS.count((job_id, "call")) <= failures:
+            raise TransientError("503 from upstream", http_status=503)
+
+    return call
+
+
 async def journal_step(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     """Records a 'remote id' once, and fails the way the spec name asks."""
     CALLS.append((ctx.job_id, "journal"))
     assert "artifact" in inputs["write"]
     if ctx.spec.name.startswith("bad"):
         raise BadInput("the dataset is wrong on line 3")
-    if ctx.spec.name.startswith("flaky") and CALLS.count((ctx.job_id, "journal")) < 3:
-        raise TransientError("503 from upstream", http_status=503)
+    if ctx.spec.name.startswith("flaky"):
+        await retry(flaky_call(ctx.job_id), policy=ctx.settings.retry_policy, what="flaky call")
+    if ctx.spec.name.startswith("down"):
+        await retry(flaky_call(ctx.job_id, failures=99), policy=RetryPolicy(attempts=2, base_s=0.01), what="down")
     if ctx.spec.name.startswith("locked") and CALLS.count((ctx.job_id, "journal")) < 2:
         raise Paused("401: invalid API key", http_status=401)
     if ctx.spec.name.startswith("slow"):
@@ -72,8 +88,9 @@ def statuses(settings: Settings) -> dict[str, dict[str, Any]]:
     return {p.parent.name: json.loads(p.read_text()) for p in settings.outbox.glob("*/status.json")}
 
 
-async def run_once(settings: Settings) -> int:
-    return await asyncio.wait_for(Service(settings, STEPS, remote=Probe(), once=True).run(), timeout=30)
+async def run_once(settings: Settings, job_logs: JobLogs) -> int:
+    service = Service(settings, STEPS, job_logs=job_logs, remote=Probe(), once=True)
+    return await asyncio.wait_for(service.run(), timeout=30)
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +98,7 @@ def _reset_calls() -> None:
     CALLS.clear()
 
 
-async def test_every_input_ends_in_its_own_outbox_folder(settings: Settings, tmp_path: Path) -> None:
+async def test_every_input_ends_in_its_own_outbox_folder(settings: Settings, tmp_path: Path, job_logs: JobLogs) -> None:
     """Valid, broken, unknown-key, empty, symlink, FIFO and oversized inputs each get a folder and a status."""
     settings = with_(settings, settle_s=0.0)
     drop(settings, "good")
@@ -93,7 +110,7 @@ async def test_every_input_ends_in_its_own_outbox_folder(settings: Settings, tmp
     os.mkfifo(settings.inbox / "pipe.yaml")
     with open(settings.inbox / "huge.yaml", "wb") as fh:
         fh.truncate(100 * 1024 * 1024)
-    assert await run_once(settings) == 0
+    assert await run_once(settings, job_logs) == 0
     docs = statuses(settings)
     by_file = {d["name"]: d for d in docs.values()}
     assert by_file["good"]["status"] == "completed"
@@ -115,11 +132,11 @@ async def test_every_input_ends_in_its_own_outbox_folder(settings: Settings, tmp
     assert (tmp_path / "target.yaml").read_text() == "name: t\n"
 
 
-async def test_job_folder_holds_spec_status_and_own_log(settings: Settings) -> None:
+async def test_job_folder_holds_spec_status_and_own_log(settings: Settings, job_logs: JobLogs) -> None:
     """A job's folder has the original spec, status.json with per-step timings, and only its own log events."""
     drop(settings, "one")
     drop(settings, "two")
-    await run_once(settings)
+    await run_once(settings, job_logs)
     docs = statuses(settings)
     assert len(docs) == 2
     for job_id, doc in docs.items():
@@ -132,11 +149,11 @@ async def test_job_folder_holds_spec_status_and_own_log(settings: Settings) -> N
         assert [e["event"] for e in events].count("job_finished") == 1
 
 
-async def test_one_failing_job_does_not_stop_the_others(settings: Settings) -> None:
+async def test_one_failing_job_does_not_stop_the_others(settings: Settings, job_logs: JobLogs) -> None:
     """A job failing with bad input records type, message and step; its neighbour completes."""
     drop(settings, "bad-data")
     drop(settings, "fine")
-    await run_once(settings)
+    await run_once(settings, job_logs)
     docs = {d["name"]: d for d in statuses(settings).values()}
     assert docs["fine"]["status"] == "completed"
     assert docs["bad-data"]["status"] == "failed"
@@ -147,23 +164,31 @@ async def test_one_failing_job_does_not_stop_the_others(settings: Settings) -> N
     }
 
 
-async def test_transient_errors_retry_and_pauses_do_not_burn_attempts(settings: Settings) -> None:
-    """A 503 is retried with backoff; a 401 pauses remote work until the probe passes, without counting an attempt."""
+async def test_transient_errors_retry_and_pauses_do_not_burn_attempts(settings: Settings, job_logs: JobLogs) -> None:
+    """A 503 is retried with backoff by the retry layer (one step attempt); a 401 pauses remote work until the probe
+    passes, without counting an attempt; a call that stays down fails its job with the step marked failed."""
     drop(settings, "flaky")
     drop(settings, "locked")
-    await run_once(settings)
+    drop(settings, "down")
+    await run_once(settings, job_logs)
     docs = {d["name"]: d for d in statuses(settings).values()}
-    assert docs["flaky"]["status"] == "completed" and docs["flaky"]["steps"]["journal"]["attempts"] == 3
+    flaky = docs["flaky"]
+    assert flaky["status"] == "completed" and flaky["steps"]["journal"]["attempts"] == 1
+    assert CALLS.count((flaky["job_id"], "call")) == 3
     assert docs["locked"]["status"] == "completed" and docs["locked"]["steps"]["journal"]["attempts"] == 1
+    down = docs["down"]
+    assert down["status"] == "failed" and down["error"]["type"] == "TransientError"
+    assert down["steps"]["journal"]["status"] == "failed" and "progress" not in down
+    assert CALLS.count((down["job_id"], "call")) == 2
 
 
-async def test_duplicate_bytes_never_run_twice(settings: Settings) -> None:
+async def test_duplicate_bytes_never_run_twice(settings: Settings, job_logs: JobLogs) -> None:
     """The same bytes dropped again are kept beside the first job and reported, never run."""
     drop(settings, "same")
-    await run_once(settings)
+    await run_once(settings, job_logs)
     drop(settings, "same")
     (settings.inbox / "copy.yaml").write_bytes(SPEC.format(name="same").encode())
-    await run_once(settings)
+    await run_once(settings, job_logs)
     (doc,) = statuses(settings).values()
     assert doc["status"] == "completed" and len(doc["duplicates"]) == 2
     assert all((settings.outbox / d).is_file() for d in doc["duplicates"])
@@ -176,10 +201,10 @@ async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_cancel_interrupts_a_running_job(settings: Settings) -> None:
+async def test_cancel_interrupts_a_running_job(settings: Settings, job_logs: JobLogs) -> None:
     """`finetuned cancel` (a request file) interrupts a job mid-step and ends it cancelled; the daemon goes on."""
     drop(settings, "slow-one")
-    service = Service(settings, STEPS, remote=Probe())
+    service = Service(settings, STEPS, job_logs=job_logs, remote=Probe())
     task = asyncio.create_task(service.run())
     await wait_for(lambda: any(d.get("step") == "journal" for d in statuses(settings).values()))
     (doc,) = statuses(settings).values()
@@ -202,14 +227,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_status_endpoint_serves_jobs_and_metrics(settings: Settings) -> None:
+async def test_status_endpoint_serves_jobs_and_metrics(settings: Settings, job_logs: JobLogs) -> None:
     """The read-only status server on loopback answers /healthz, /jobs, /jobs/{id} and Prometheus /metrics."""
     import aiohttp
 
     port = free_port()
     settings = with_(settings, status_port=port)
     drop(settings, "shown")
-    service = Service(settings, STEPS, remote=Probe())
+    service = Service(settings, STEPS, job_logs=job_logs, remote=Probe())
     task = asyncio.create_task(service.run())
     await wait_for(lambda: any(d["status"] == "completed" for d in statuses(settings).values()))
     base = f"http://127.0.0.1:{port}"

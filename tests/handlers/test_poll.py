@@ -18,7 +18,7 @@ from daemon.remote.api import RemoteJob, RemoteStatus
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from handlers import create, poll, upload
-from handlers.poll import EVENTS_FILE, with_metrics
+from handlers.training.events import EVENTS_FILE
 from tests.conftest import with_
 from tests.daemon.sandbox.helpers import (
     DictJournal,
@@ -191,12 +191,3 @@ async def test_unknown_status_is_logged_and_polling_continues(tmp_path: Path, se
     warnings = [e for e in logs if e["event"] == "remote_status_unknown"]
     assert [w["status"] for w in warnings] == ["paused_by_provider"] and warnings[0]["log_level"] == "warning"
     assert RemoteStatus("user_error") in poll.TERMINAL_STATUSES
-
-
-def test_loss_is_parsed_from_messages_when_not_a_field() -> None:
-    """Train and eval losses written only in the message become fields; given fields are kept."""
-    assert with_metrics({"message": "Step 5/10: train loss 1.25"})["loss"] == 1.25
-    parsed = with_metrics({"message": "Evaluation at step 5: eval loss 0.9"})
-    assert parsed["eval_loss"] == 0.9 and "loss" not in parsed
-    assert with_metrics({"message": "loss=2e-1", "loss": 0.3})["loss"] == 0.3
-    assert "loss" not in with_metrics({"message": "Training started"})

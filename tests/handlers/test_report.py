@@ -87,25 +87,3 @@ async def test_report_without_events_or_evaluation(tmp_path: Path) -> None:
     assert "| model | org/ft-model |" in markdown
     assert not (ctx.out_dir / "loss.png").exists() and not (ctx.out_dir / "turn-depth.png").exists()
     assert output["simulated"] is False
-
-
-def test_loss_curve_reads_fields_and_messages() -> None:
-    """Loss comes from numeric fields, else from the message text; eval loss is kept apart; others are skipped."""
-    events = [
-        {"message": "Training started", "step": 0},
-        {"message": "Step 3/10: train loss 1.2500"},
-        {"message": "whatever", "step": 5, "loss": 0.9},
-        {"message": "Evaluation at step 5: eval loss 1.0500"},
-        {"message": "Epoch completed at step 10"},
-    ]
-    curve = report.loss_curve(events)
-    assert curve.train == [(3, 1.25), (5, 0.9)]
-    assert curve.eval == [(5, 1.05)]
-
-
-def test_read_events_tolerates_garbage_and_lists(tmp_path: Path) -> None:
-    """events.jsonl lines that are lists are flattened; broken lines are skipped; a missing file gives no events."""
-    path = tmp_path / "events.jsonl"
-    assert report.read_events(path) == []
-    path.write_text('{"message": "a"}\nnot json\n[{"message": "b"}, 3]\n\n')
-    assert [e["message"] for e in report.read_events(path)] == ["a", "b"]

@@ -107,9 +107,10 @@ async def test_validation_file_uploaded_only_for_evals(
 
 
 async def test_upload_survives_random_faults(tmp_path: Path, remote_settings: Settings, sandbox: SandboxHandle) -> None:
-    """With 30 % of API calls failing (429/5xx), the upload still finishes through the backoff layer."""
+    """With 30 % of API calls failing (429/5xx), the upload still finishes through the retry layer (an upload is
+    up to three faultable calls, so at this rate it needs more tries than the default FINETUNED_RETRY_ATTEMPTS)."""
     flaky = await start_sandbox(fault_rate=0.3, seed=5, retry_after_s=0.02)
-    settings = with_(remote_settings, together_base_url=flaky.base_url)
+    settings = with_(remote_settings, together_base_url=flaky.base_url, retry_attempts=16)
     adapter = TogetherAPI(settings)
     try:
         for i in range(5):

@@ -1,4 +1,4 @@
-"""daemon/chat.py against a real aiohttp server on loopback: retries, rate limits, pauses, and the in-flight bound."""
+"""daemon/remote/chat.py against a real aiohttp server on loopback: retries, rate limits, pauses, in-flight bound."""
 
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from daemon.errors import Paused, RemoteRejected, TransientError
-from daemon.remote.chat import (
-    AdaptiveLimit,
-    ChatClient,
-    ChatEndpoint,
-    ChatRequest,
-    ContextLengthExceeded,
-    RateHints,
-    chat_url,
-)
+from daemon.errors import ContextLengthExceeded, Paused, RemoteRejected, TransientError
+from daemon.remote.backoff import RetryPolicy
+from daemon.remote.chat import AdaptiveLimit, ChatClient, ChatEndpoint, ChatRequest, RateHints, chat_url
 
 SECRET = "sk-test-secret-123"
 Behaviour = Callable[["Server", dict[str, Any]], Awaitable[web.Response]]
@@ -90,13 +83,9 @@ def request(tag: str = "q") -> ChatRequest:
     return ChatRequest(model="m", messages=[{"role": "user", "content": tag}], max_tokens=8, temperature=0.0)
 
 
-def client(concurrency: int = 4, **kwargs: Any) -> ChatClient:
-    options: dict[str, Any] = {
-        "request_timeout_s": 2.0,
-        "max_attempts": 4,
-        "backoff_base_s": 0.01,
-        "backoff_cap_s": 0.05,
-    }
+def client(concurrency: int = 4, max_attempts: int = 4, **kwargs: Any) -> ChatClient:
+    policy = RetryPolicy(attempts=max_attempts, base_s=0.01, cap_s=0.05, max_total_s=600.0)
+    options: dict[str, Any] = {"request_timeout_s": 2.0, "retry_policy": policy}
     return ChatClient(concurrency=concurrency, **(options | kwargs))
 
 

@@ -12,7 +12,8 @@ import pytest
 from daemon.config import Settings
 from daemon.errors import BadInput, FinetunedError, Paused, RemoteRejected, TransientError
 from daemon.remote.api import FineTuneRequest
-from daemon.remote.classify import retry_after_s, with_retries
+from daemon.remote.backoff import retry
+from daemon.remote.classify import retry_after_s
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle
 from handlers.upload import sha256_file
@@ -184,17 +185,17 @@ async def test_probe_pauses_until_auth_works_again(api: TogetherAPI, sandbox: Sa
     await api.probe()
 
 
-async def test_with_retries_rides_out_transient_errors(
+async def test_the_retry_layer_rides_out_transient_errors(
     remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
 ) -> None:
-    """with_retries retries 503/429 (honouring Retry-After) and returns the eventual answer; Paused is not retried."""
+    """The retry layer retries 503/429 (honouring Retry-After) and returns the answer; Paused is not retried."""
     await script_fault(sandbox.base_url, kind="503", route="GET /v1/fine-tunes", count=2)
     await script_fault(sandbox.base_url, kind="429", route="GET /v1/fine-tunes", retry_after_s=0.05)
-    assert await with_retries(remote_settings, "list", lambda: api.find_job("x")) is None
+    assert await retry(lambda: api.find_job("x"), policy=remote_settings.retry_policy, what="list") is None
     assert (await stats(sandbox.base_url))["faults"]["GET /v1/fine-tunes"] == 3
     await script_fault(sandbox.base_url, kind="402", route="GET /v1/fine-tunes", count=5)
     with pytest.raises(Paused):
-        await with_retries(remote_settings, "list", lambda: api.find_job("x"))
+        await retry(lambda: api.find_job("x"), policy=remote_settings.retry_policy, what="list")
     assert (await stats(sandbox.base_url))["faults"]["GET /v1/fine-tunes"] == 4
 
 
