@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_SPEC ?= examples/coqa-demo.yaml
 SANDBOX := $(if $(TOGETHER_API_KEY)$(shell grep -s '^TOGETHER_API_KEY=.' .env),,--sandbox)
+ENV_FILE := $(if $(wildcard .env),--env-file .env,)
 
 .PHONY: demo test lint install clean-demo
 
@@ -19,7 +20,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/finetuned submit $(DEMO_SPEC)
-	$(BIN)/finetuned run --once $(SANDBOX)
+	$(BIN)/finetuned run --once $(SANDBOX) $(ENV_FILE)
 	$(BIN)/finetuned status
 
 test: $(STAMP)

@@ -1,9 +1,12 @@
-"""The `finetuned` command line: the edge where settings are built from the environment and logging is configured."""
+"""The `finetuned` command line: the edge where settings are built from the environment and logging is configured.
+
+Only the standard library and the settings are imported at start-up; each command imports what it uses, so that
+`finetuned status` and `--help` answer at once (the daemon's libraries cost about a second to import).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -11,31 +14,24 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dotenv import dotenv_values
-
-from daemon import logs
 from daemon.config import Settings
 from daemon.errors import StartupError
-from daemon.sandbox.__main__ import add_arguments as sandbox_flags
 from daemon.spool.files import atomic_write_bytes, fsync_dir
-from daemon.spool.inbox import is_candidate
-from daemon.spool.intake import CANCEL_DIR
+from daemon.spool.names import is_candidate
+
+if TYPE_CHECKING:
+    from daemon.logs import LogSetup
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """All commands and their options."""
+def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
+    """All commands and their options (the sandbox's own flags only when asked: they import the sandbox)."""
     parser = argparse.ArgumentParser(prog="finetuned", description="The fine-tune daemon.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    spool = argparse.ArgumentParser(add_help=False)
-    spool.add_argument("--inbox", type=Path, help="spec drop folder (env FINETUNED_INBOX, default ./inbox)")
-    spool.add_argument("--outbox", type=Path, help="results folder (env FINETUNED_OUTBOX, default ./outbox)")
-    spool.add_argument("--state-dir", type=Path, help="state folder (env FINETUNED_STATE_DIR, default ./state)")
-    spool.add_argument("--env-file", type=Path, help="read variables from this file (default: ./.env if present)")
-
+    spool = _spool_flags()
     run = commands.add_parser("run", parents=[spool], help="run the daemon in the foreground")
     run.add_argument(
         "--once", action="store_true", help="process what is there, resume unfinished jobs, exit when idle"
@@ -63,16 +59,33 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--pred", type=Path, required=True, help="predictions: a JSON list of {id, turn_id, answer}")
 
     sandbox = commands.add_parser("sandbox", help="serve the Together-compatible sandbox API on loopback")
-    sandbox_flags(sandbox)
+    if sandbox_flags:
+        from daemon.sandbox.__main__ import add_arguments
+
+        add_arguments(sandbox)
     return parser
 
 
+def _spool_flags() -> argparse.ArgumentParser:
+    """The flags every command on a spool shares."""
+    spool = argparse.ArgumentParser(add_help=False)
+    spool.add_argument("--inbox", type=Path, help="spec drop folder (env FINETUNED_INBOX, default ./inbox)")
+    spool.add_argument("--outbox", type=Path, help="results folder (env FINETUNED_OUTBOX, default ./outbox)")
+    spool.add_argument("--state-dir", type=Path, help="state folder (env FINETUNED_STATE_DIR, default ./state)")
+    spool.add_argument("--env-file", type=Path, help="also read variables from this file (the environment wins)")
+    return spool
+
+
 def load_environment(env_file: Path | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """The process environment over the env file (variables already set win, as with python-dotenv)."""
-    path = env_file if env_file is not None else Path(".env")
-    if env_file is not None and not env_file.is_file():
+    """The process environment over the env file, read only when one is named (variables already set win, as
+    with python-dotenv)."""
+    if env_file is None:
+        return dict(environ)
+    if not env_file.is_file():
         raise StartupError(f"--env-file {env_file}: no such file")
-    values = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+    from dotenv import dotenv_values
+
+    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     return {**values, **environ}
 
 
@@ -84,7 +97,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(sandbox_flags=words[:1] == ["sandbox"]).parse_args(words)
     env = dict(os.environ if environ is None else environ)
     try:
         return _dispatch(args, env)
@@ -107,11 +121,15 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned run`: the daemon."""
+    import asyncio
+
+    from daemon import logs
+
     setup = logs.configure(settings.log_level, secrets=settings.secrets())
     return asyncio.run(_run(settings, setup, once=args.once, sandbox=args.sandbox, sandbox_speed=args.sandbox_speed))
 
 
-async def _run(settings: Settings, setup: logs.LogSetup, *, once: bool, sandbox: bool, sandbox_speed: float) -> int:
+async def _run(settings: Settings, setup: LogSetup, *, once: bool, sandbox: bool, sandbox_speed: float) -> int:
     from daemon.jobs.pipeline import STEPS
     from daemon.remote.together import TogetherAPI
     from daemon.sandbox import start_sandbox
@@ -222,6 +240,7 @@ def _status_line(document: dict[str, Any]) -> str:
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned check SPEC`: spec, dataset and validation, offline."""
+    from daemon import logs
     from daemon.check import check_spec
 
     logs.configure(settings.log_level, stream=sys.stderr)
@@ -242,7 +261,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
         print(f"finetuned: {query!r} matches {len(matches)} jobs: {', '.join(matches)}; name one", file=sys.stderr)
         return 1
     (job_id,) = matches
-    folder = settings.state_dir / CANCEL_DIR
+    folder = settings.cancel_dir
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / job_id, b"")
     print(f"cancel requested for {job_id}; the daemon acts on it within seconds (or at its next start)")
@@ -252,16 +271,14 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     """`finetuned score --data --pred`: print the official scorer's JSON structure."""
     from daemon.errors import DatasetError
-    from handlers.scoring import coqa as scoring
+    from handlers.evaluation import scoring
 
     try:
-        result = scoring.score_files(args.data, args.pred)
-        gold = scoring.load_coqa_gold(json.loads(args.data.read_text(encoding="utf-8")))
-        predictions = scoring.load_predictions(json.loads(args.pred.read_text(encoding="utf-8")))
+        result, missing = scoring.score_files(args.data, args.pred)
     except DatasetError as exc:
         print(f"finetuned score: {exc}", file=sys.stderr)
         return 2
-    for story_id, turn_id in scoring.missing_predictions(gold, predictions):
+    for story_id, turn_id in missing:
         print(f"Missing prediction for {story_id} and turn_id: {turn_id}", file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0
@@ -269,6 +286,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """`finetuned sandbox`: serve until interrupted (the same as `python -m daemon.sandbox`)."""
+    from daemon import logs
     from daemon.sandbox.__main__ import serve
 
     logs.configure("info")

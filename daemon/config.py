@@ -6,9 +6,12 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.errors import StartupError
-from daemon.remote.backoff import RetryPolicy
+
+if TYPE_CHECKING:
+    from daemon.remote.backoff import RetryPolicy
 
 # The variables a user sets (and `.env.example` lists, exactly): variable name -> Settings field.
 USER_VARIABLES: dict[str, str] = {
@@ -105,6 +108,11 @@ class Settings:
         return self.state_dir / "state.db"
 
     @property
+    def cancel_dir(self) -> Path:
+        """`finetuned cancel` leaves one empty file per request here; the daemon acts on it and removes it."""
+        return self.state_dir / "cancel"
+
+    @property
     def lock_path(self) -> Path:
         """The single-instance lock file."""
         return self.state_dir / "finetuned.lock"
@@ -112,6 +120,8 @@ class Settings:
     @property
     def retry_policy(self) -> RetryPolicy:
         """How a Together management call is retried (the one retry layer's settings)."""
+        from daemon.remote.backoff import RetryPolicy  # the retry layer logs; `finetuned status` needs none of it
+
         return RetryPolicy(
             attempts=self.retry_attempts, base_s=self.retry_base_s, cap_s=self.retry_cap_s, max_total_s=self.retry_max_s
         )

@@ -28,7 +28,7 @@ from daemon.logs import JobLogs
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
 from daemon.spool import inbox
-from daemon.spool.intake import CANCEL_DIR, Intake
+from daemon.spool.intake import Intake
 from daemon.systemd import Notifier
 
 log = structlog.get_logger()
@@ -64,7 +64,7 @@ def single_instance(lock_path: Path) -> Any:
 
 def prepare_dirs(settings: Settings) -> None:
     """Create the spool folders and check that claiming (a rename) works between them."""
-    for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.state_dir / CANCEL_DIR):
+    for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.cancel_dir):
         folder.mkdir(parents=True, exist_ok=True)
     inbox.check_same_filesystem(settings)
 
@@ -185,7 +185,7 @@ class Service:
 
     async def _watch(self) -> None:
         """watchfiles as a wake-up hint only; restarted when the inbox folder is replaced (which silences inotify)."""
-        watched = [self.settings.inbox, self.settings.state_dir / CANCEL_DIR]
+        watched = [self.settings.inbox, self.settings.cancel_dir]
         while not self.stop.is_set():
             for folder in watched:
                 folder.mkdir(parents=True, exist_ok=True)

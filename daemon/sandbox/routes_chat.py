@@ -36,6 +36,31 @@ def _truncate(answer: str, max_tokens: Any) -> tuple[str, str]:
     return answer, "stop"
 
 
+def _completion(model: str, answer: str, finish: str, prompt_tokens: int) -> dict[str, Any]:
+    """A `chat.completion` object in Together's shape."""
+    completion_tokens = approx_tokens(answer)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "prompt": [],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": finish,
+                "logprobs": None,
+                "message": {"role": "assistant", "content": answer, "tool_calls": []},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.Response:
     """Answer the last user message; a completed sandbox fine-tune answers short, any other model verbosely."""
@@ -57,27 +82,7 @@ async def chat_completions(request: web.Request) -> web.Response:
         simulate_answer(body["messages"], fine_tuned=job is not None, model=model), body.get("max_tokens")
     )
     prompt_tokens = sum(approx_tokens(text_of(m.get("content"))) for m in body["messages"])
-    completion_tokens = approx_tokens(answer)
-    reply = {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "prompt": [],
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": finish,
-                "logprobs": None,
-                "message": {"role": "assistant", "content": answer, "tool_calls": []},
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
+    reply = _completion(model, answer, finish, prompt_tokens)
     headers = {
         "x-ratelimit-limit": str(RATE_LIMIT_PER_MIN),
         "x-ratelimit-remaining": str(RATE_LIMIT_PER_MIN - 1),

@@ -18,15 +18,10 @@ from daemon.config import Settings
 from daemon.errors import SpecError, StartupError
 from daemon.spec import JobSpec, parse_spec
 from daemon.spool.files import fsync_dir
+from daemon.spool.names import is_candidate
 
-IGNORED_SUFFIXES = (".tmp", ".part", "~")
 # A spec that parses is claimed once it has not changed for this long (or settle_s, if shorter).
 QUIET_S = 1.0
-
-
-def is_candidate(name: str) -> bool:
-    """Producers write dotfiles or `*.tmp`/`*.part` and rename when done; editors leave `*~`: skip those."""
-    return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
 
 
 @dataclass

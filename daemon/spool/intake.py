@@ -20,10 +20,9 @@ from daemon.jobs.runner import Runner
 from daemon.spec import parse_spec
 from daemon.spool import inbox
 from daemon.spool.inbox import Arrival, Unsettled
+from daemon.spool.names import is_candidate
 
 log = structlog.get_logger()
-
-CANCEL_DIR = "cancel"
 
 
 class Intake:
@@ -83,9 +82,7 @@ class Intake:
 
     async def _readopt(self, folder: Path) -> None:
         """A crash between the claim rename and the database insert: the claimed spec becomes its job again."""
-        specs = await asyncio.to_thread(
-            lambda: [p for p in folder.iterdir() if p.is_file() and inbox.is_candidate(p.name)]
-        )
+        specs = await asyncio.to_thread(lambda: [p for p in folder.iterdir() if p.is_file() and is_candidate(p.name)])
         if not specs:
             return
         claimed = specs[0]
@@ -99,10 +96,10 @@ class Intake:
 
     async def handle_cancel_requests(self) -> None:
         """Act on `finetuned cancel` requests (files in state/cancel/), then remove them."""
-        folder = self.settings.state_dir / CANCEL_DIR
+        folder = self.settings.cancel_dir
         requests = await asyncio.to_thread(lambda: sorted(folder.glob("*")) if folder.is_dir() else [])
         for request in requests:
-            if not inbox.is_candidate(request.name):
+            if not is_candidate(request.name):
                 continue
             done = await self.runner.request_cancel(request.name)
             log.info("cancel_requested", job_id=request.name, acted=done)

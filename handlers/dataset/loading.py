@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import structlog
 
 from daemon.errors import DatasetError, TransientError
@@ -155,6 +152,9 @@ def read_parquet(path: Path, projection: Projection | None = None) -> Iterator[t
     With a projection only those columns are read, and of a struct column only the named field (CoQA's
     `answers.input_text`); when a projected column is missing, every column is read so errors can list them.
     """
+    import pyarrow as pa  # imported where parquet is read: pyarrow costs ~0.3 s at every start-up otherwise
+    import pyarrow.parquet as pq
+
     try:
         reader = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -177,6 +177,9 @@ def read_parquet(path: Path, projection: Projection | None = None) -> Iterator[t
 
 def _column_values(column: Any, field: str | None) -> list[Any]:
     """A column as Python values; of a struct column without nulls, only `field` (wrapped as {field: value})."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     kind = column.type
     if field is None or not pa.types.is_struct(kind) or kind.get_field_index(field) < 0 or column.null_count:
         return list(column.to_pylist())

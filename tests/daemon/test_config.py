@@ -52,6 +52,13 @@ def test_env_file_values_lose_to_the_environment(tmp_path: Path) -> None:
         load_environment(tmp_path / "missing.env", {})
 
 
+def test_no_env_file_is_read_unless_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .env in the working directory is not read without --env-file (systemd and cron see what they are given)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("FINETUNED_INBOX=from-dotenv\n")
+    assert load_environment(None, {"PATH": "/bin"}) == {"PATH": "/bin"}
+
+
 def test_named_secrets_are_available_by_variable_and_redacted() -> None:
     """A spec may name a key variable (OPENAI_API_KEY); its value is held as a secret, never shown."""
     settings = Settings.from_env({"OPENAI_API_KEY": "sk-abcdef123456", "FINETUNED_LOG_LEVEL": "debug"})

@@ -18,7 +18,8 @@ from daemon.jobs.context import JobContext
 from daemon.sandbox import SandboxHandle, start_sandbox
 from daemon.spec import JobSpec
 from handlers import evaluate
-from handlers.scoring import coqa as scoring
+from handlers.evaluation import scoring
+from handlers.evaluation.stories import load_eval_file
 
 SOURCES = ["mctest", "cnn", "race", "wikipedia", "gutenberg", ""]
 COLORS = ["red", "blue", "green", "white", "black", "yellow", "purple", "orange", "pink", "brown", "gray", "gold"]
@@ -428,4 +429,4 @@ def test_eval_file_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "eval.jsonl"
     path.write_text('{"id": "a", "system": "s", "turns": []}\n{"id": "b"}\n')
     with pytest.raises(Exception, match=r"eval.jsonl:2"):
-        evaluate.load_eval_file(path)
+        load_eval_file(path)

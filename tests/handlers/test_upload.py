@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from daemon.config import Settings
-from daemon.errors import DatasetError, Paused
+from daemon.errors import DatasetError, Paused, TransientError
+from daemon.logs import configure
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from handlers import upload
@@ -138,3 +142,28 @@ async def test_auth_failure_pauses_and_bad_file_is_a_dataset_error(
     with pytest.raises(DatasetError, match="check"):
         await upload.run(make_ctx(tmp_path / "bad", make_spec(), remote_settings, api, DictJournal()), inputs_for(bad))
     assert (await stats(sandbox.base_url))["requests"].get("POST /v1/files", 0) == 0
+
+
+async def test_a_flaky_upload_is_tried_the_documented_number_of_times_with_the_documented_delays(
+    tmp_path: Path, remote_settings: Settings, sandbox: SandboxHandle
+) -> None:
+    """FINETUNED_RETRY_ATTEMPTS tries, no more; the delay before try n+1 is within [0, min(cap, base * 2^(n-1))]
+    (or the Retry-After); then the TransientError fails the step (the runner does not retry on top)."""
+    logged = io.StringIO()
+    configure("info", json_output=True, stream=logged)  # to read the delays back
+    settings = with_(remote_settings, retry_attempts=4, retry_base_s=0.04, retry_cap_s=0.1)
+    adapter = TogetherAPI(settings)
+    train = write_chat_jsonl(tmp_path / "train.jsonl")
+    await script_fault(sandbox.base_url, kind="500", route="POST /v1/files", count=50)
+    try:
+        with pytest.raises(TransientError, match="HTTP 500"):
+            await upload.run(make_ctx(tmp_path, make_spec(), settings, adapter, DictJournal()), inputs_for(train))
+    finally:
+        await adapter.close()
+        configure("info", json_output=True, stream=sys.stdout)
+    assert (await stats(sandbox.base_url))["faults"]["POST /v1/files"] == 4
+    lines = [json.loads(line) for line in logged.getvalue().splitlines()]
+    delays = [e["delay_s"] for e in lines if e.get("event") == "retrying" and e.get("what") == "upload"]
+    assert len(delays) == 3
+    for n, delay in enumerate(delays):
+        assert 0 <= delay <= min(0.1, 0.04 * 2**n) + 0.001

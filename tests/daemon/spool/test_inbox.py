@@ -12,6 +12,7 @@ from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.spool import inbox as spool
 from daemon.spool.inbox import Arrival, Unsettled
+from daemon.spool.names import is_candidate
 
 GOOD = b"name: demo\ndataset:\n  source: data/x.jsonl\n"
 
@@ -24,9 +25,9 @@ def inbox(settings: Settings) -> Path:
 
 def test_candidates_skip_temp_and_hidden_names() -> None:
     """Dotfiles, *.tmp, *.part and editor backups are never looked at."""
-    assert spool.is_candidate("job.yaml")
+    assert is_candidate("job.yaml")
     for name in (".job.yaml", ".job.yaml.tmp", "job.yaml.tmp", "job.part", "job.yaml~"):
-        assert not spool.is_candidate(name)
+        assert not is_candidate(name)
 
 
 def aged(path: Path, seconds: float = 60) -> Path:

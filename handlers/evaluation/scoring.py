@@ -269,7 +269,7 @@ def _diff(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, float]:
     return {metric: round(float(new[metric]) - float(old[metric]), COOKBOOK_DECIMALS) for metric in ("em", "f1")}
 
 
-# ---- file loading (the only I/O in this module) ----
+# ---- the official file formats (score_files is the only I/O in this module) ----
 
 
 def load_coqa_gold(data: Mapping[str, Any]) -> list[GoldTurn]:
@@ -307,8 +307,9 @@ def load_predictions(preds: Iterable[Mapping[str, Any]]) -> dict[TurnKey, str]:
     return result
 
 
-def score_files(data_path: Path, pred_path: Path) -> dict[str, Any]:
-    """`finetuned score`: the official script's output for a CoQA data json and a prediction list json."""
+def score_files(data_path: Path, pred_path: Path) -> tuple[dict[str, Any], list[TurnKey]]:
+    """`finetuned score`: the official script's output for a CoQA data json and a prediction list json, and the
+    turns that have no prediction (the script warns about each; they score 0). Each file is read once."""
     try:
         data = json.loads(data_path.read_text(encoding="utf-8"))
         preds = json.loads(pred_path.read_text(encoding="utf-8"))
@@ -317,7 +318,8 @@ def score_files(data_path: Path, pred_path: Path) -> dict[str, Any]:
     if not isinstance(preds, list):
         raise DatasetError(f"{pred_path}: predictions must be a JSON list of {{id, turn_id, answer}}")
     gold = load_coqa_gold(data)
-    return domain_scores(gold, score_turns(gold, load_predictions(preds)))
+    predictions = load_predictions(preds)
+    return domain_scores(gold, score_turns(gold, predictions)), missing_predictions(gold, predictions)
 
 
 def missing_predictions(gold: Iterable[GoldTurn], predictions: Mapping[TurnKey, str]) -> list[TurnKey]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from daemon.errors import DatasetError
-from handlers.scoring import coqa as scoring
+from handlers.evaluation import scoring
 
 # ---------------------------------------------------------------------------------------------------------------
 # The oracle: a line-by-line transcription of stanfordnlp/coqa-baselines scripts/evaluate-v1.0.py (MIT, 2018),
@@ -315,7 +315,7 @@ def test_score_files_equals_official_on_every_number(tmp_path: Path, seed: int) 
     rng = random.Random(seed)
     coqa = make_coqa(rng, stories=rng.randint(7, 30))
     data_path, pred_path = write_pair(tmp_path, coqa, make_predictions(rng, coqa))
-    ours = scoring.score_files(data_path, pred_path)
+    ours, _ = scoring.score_files(data_path, pred_path)
     expected = oracle(data_path, pred_path)
     assert json.dumps(ours) == json.dumps(expected)
     assert expected["overall"]["turns"] == sum(len(s["questions"]) for s in coqa["data"])
@@ -346,7 +346,7 @@ def test_missing_predictions_count_zero_in_denominator(tmp_path: Path) -> None:
     """With no predictions at all every figure is 0.0 while turn counts stay, as in the official script."""
     coqa = make_coqa(random.Random(3), stories=7)
     data_path, pred_path = write_pair(tmp_path, coqa, [])
-    ours = scoring.score_files(data_path, pred_path)
+    ours, _ = scoring.score_files(data_path, pred_path)
     assert ours == oracle(data_path, pred_path)
     assert ours["overall"]["em"] == ours["overall"]["f1"] == 0.0
     assert ours["overall"]["turns"] > 0
@@ -361,7 +361,7 @@ def test_main_gold_predictions_do_not_reach_100(tmp_path: Path) -> None:
         {"id": s["id"], "turn_id": a["turn_id"], "answer": a["input_text"]} for s in coqa["data"] for a in s["answers"]
     ]
     data_path, pred_path = write_pair(tmp_path, coqa, preds)
-    ours = scoring.score_files(data_path, pred_path)
+    ours, _ = scoring.score_files(data_path, pred_path)
     assert ours == oracle(data_path, pred_path)
     assert 50 < ours["overall"]["em"] < 100
 
@@ -373,7 +373,7 @@ def test_duplicate_predictions_last_one_wins(tmp_path: Path) -> None:
     first = {"id": story["id"], "turn_id": 1, "answer": "nonsense"}
     second = {"id": story["id"], "turn_id": 1, "answer": story["answers"][0]["input_text"]}
     data_path, pred_path = write_pair(tmp_path, coqa, [first, second])
-    ours = scoring.score_files(data_path, pred_path)
+    ours, _ = scoring.score_files(data_path, pred_path)
     assert ours == oracle(data_path, pred_path)
     assert ours["children_stories"]["f1"] > 0
 

@@ -1,1 +1,0 @@
-"""Helpers of `evaluate`: scoring answers exactly like the official CoQA scorer."""
