@@ -60,6 +60,10 @@ class Paused(FinetunedError):
         self.http_status = http_status
 
 
+class AttemptsExhausted(FinetunedError):
+    """A step was started too many times without finishing (the process died while it ran, every time)."""
+
+
 class JobCancelled(FinetunedError):
     """The user asked for this job to be cancelled (`finetuned cancel`)."""
 

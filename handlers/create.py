@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from daemon.errors import BadInput, Paused, RemoteRejected, TransientError
+from daemon.errors import BadInput, FinetunedError, Paused, RemoteRejected, TransientError
 from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
 from daemon.remote.api import FineTuneAPI, FineTuneRequest, PriceEstimate, RemoteJob
@@ -146,3 +146,15 @@ def _create_once(remote: FineTuneAPI, request: FineTuneRequest, tag: str) -> Cal
         return await remote.create(request)
 
     return attempt
+
+
+async def cleanup(ctx: JobContext, outcome: str) -> None:
+    """When the job was cancelled, cancel its fine-tune on Together too (unless it had already completed)."""
+    fine_tune_id = ctx.journal.get(JournalKey.FINE_TUNE_ID)
+    if outcome != "cancelled" or not fine_tune_id or ctx.journal.get(JournalKey.MODEL) or ctx.remote is None:
+        return
+    try:
+        await ctx.remote.cancel(fine_tune_id)
+        log.info("remote_job_cancelled", fine_tune_id=fine_tune_id)
+    except FinetunedError as exc:
+        log.error("remote_cancel_failed", fine_tune_id=fine_tune_id, error=str(exc))

@@ -19,8 +19,8 @@ from structlog.contextvars import bound_contextvars
 
 from daemon.config import Settings
 from daemon.errors import (
+    AttemptsExhausted,
     BadInput,
-    FinetunedError,
     JobCancelled,
     Paused,
     RemoteJobFailed,
@@ -28,10 +28,10 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.jobs.capabilities import StoreItems, StoreJournal
-from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput, remote_ids
+from daemon.jobs.context import JobContext, StepInputs, StepOutput, remote_ids
 from daemon.jobs.faults import crash_point
 from daemon.jobs.state import TERMINAL, JobStatus, StateStore
-from daemon.jobs.status import iso, status_document
+from daemon.jobs.status import JobListener, error_info, iso, status_document
 from daemon.jobs.steps import Step, steps_for
 from daemon.logs import JobLogs
 from daemon.remote.api import FineTuneAPI
@@ -44,10 +44,6 @@ log = structlog.get_logger()
 PROGRESS_WRITE_INTERVAL_S = 1.0
 # The errors a job ends `failed` with, recorded with their message (any other exception is a crash: traceback too).
 JOB_FAILURES = (BadInput, RemoteRejected, RemoteJobFailed, TransientError, Paused)
-
-
-class AttemptsExhausted(FinetunedError):
-    """A step was started too many times without finishing (the process died while it ran, every time)."""
 
 
 @dataclass
@@ -73,6 +69,7 @@ class Runner:
         job_logs: JobLogs,
         remote: FineTuneAPI | None = None,
         on_change: Callable[[], None] = lambda: None,
+        listeners: Sequence[JobListener] = (),
     ) -> None:
         self.settings, self._store, self._gate, self._remote = settings, store, gate, remote
         self._steps = steps
@@ -80,6 +77,7 @@ class Runner:
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._live: dict[str, LiveJob] = {}
         self._on_change = on_change
+        self._listeners = tuple(listeners)
 
     # -- what readers (the service, the status server) may know -----------------------------------------------
     @property
@@ -136,6 +134,9 @@ class Runner:
         kept = await asyncio.to_thread(outbox.publish_rejected, self.settings.outbox, job_id, path, document)
         await self._store.add_job(job_id, name, str(kept.relative_to(self.settings.outbox)), JobStatus.rejected)
         await self._store.set_status(job_id, JobStatus.rejected, error=error | {"problems": problems})
+        final = await self.document(job_id)
+        if final is not None:
+            await self._tell(final, final=True)
 
     async def file_duplicate(self, job_id: str, path: Path) -> None:
         """Keep a re-dropped copy of a job's spec beside the job (never run) and list it in its status."""
@@ -208,46 +209,64 @@ class Runner:
         started = time.monotonic()
         status: JobStatus | None = None
         error: dict[str, Any] | None = None
+        ctx: JobContext | None = None
         try:
-            await self._execute(job_id)
+            ctx = await self._load(job_id)
+            if ctx is not None:
+                await self._execute(ctx)
             status = JobStatus.completed
         except asyncio.CancelledError:
             live = self._live.get(job_id)
             if live is None or not live.cancel_requested:
                 log.info("job_interrupted", reason="shutdown; resumes from its last checkpoint on restart")
                 raise
-            await asyncio.shield(self._cancel_remote(job_id))
             status = JobStatus.cancelled
         except JobCancelled:
             status = JobStatus.cancelled
         except (*JOB_FAILURES, AttemptsExhausted) as exc:
-            status, error = JobStatus.failed, await self._error_info(job_id, exc)
+            status, error = JobStatus.failed, error_info(exc, await self._current_step(job_id))
             log.error("job_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
         except Exception as exc:  # noqa: BLE001 - the per-job boundary: record it, keep the daemon and other jobs going
             log.exception("job_crashed")
-            status, error = JobStatus.failed, await self._error_info(job_id, exc)
+            status, error = JobStatus.failed, error_info(exc, await self._current_step(job_id))
         finally:
             if status is not None:
-                await asyncio.shield(self._finish(job_id, status, error, time.monotonic() - started))
+                await asyncio.shield(self._end(ctx, job_id, status, error, time.monotonic() - started))
 
-    async def _execute(self, job_id: str) -> None:
+    async def _load(self, job_id: str) -> JobContext | None:
+        """The job's context from its record and spec; None when it has already ended."""
         record = await self._store.job(job_id)
         assert record is not None, f"job {job_id} vanished from the state store"
         if record.status in TERMINAL:
-            return
+            return None
         spec_path = Path(record.spec_file)
         spec = parse_spec(await asyncio.to_thread(spec_path.read_bytes), spec_path.name)
         await self._store.set_status(job_id, JobStatus.running)
         await self.publish(job_id)
         log.info("job_started", name=spec.name, resumed=bool(record.steps))
-        ctx = self._context(job_id, spec, dict(record.journal))
+        return self._context(job_id, spec, dict(record.journal))
+
+    async def _execute(self, ctx: JobContext) -> None:
+        record = await self._store.job(ctx.job_id)
+        assert record is not None
         outputs: dict[str, StepOutput] = {}
-        for step in steps_for(spec, self._steps):
+        for step in steps_for(ctx.spec, self._steps):
             saved = record.steps.get(step.name)
             if saved is not None and saved.output is not None and saved.finished_at is not None:
                 outputs[step.name] = saved.output
                 continue
             outputs[step.name] = await self._run_step(ctx, step, outputs)
+
+    async def _end(
+        self, ctx: JobContext | None, job_id: str, status: JobStatus, error: dict[str, Any] | None, duration_s: float
+    ) -> None:
+        """Release what the job's steps hold remotely (latest step first), then record and publish the end."""
+        if ctx is not None:
+            for step in reversed(steps_for(ctx.spec, self._steps)):
+                if step.cleanup is not None:
+                    with bound_contextvars(step=step.name):
+                        await step.cleanup(ctx, str(status))
+        await self._finish(job_id, status, error, duration_s)
 
     def _context(self, job_id: str, spec: JobSpec, journal: dict[str, str]) -> JobContext:
         return JobContext(
@@ -338,6 +357,11 @@ class Runner:
             return
         await asyncio.to_thread(outbox.write_status, self.settings.outbox, job_id, document)
         self._on_change()
+        await self._tell(document, final=False)
+
+    async def _tell(self, document: dict[str, Any], *, final: bool) -> None:
+        for listener in self._listeners:
+            await listener.job_published(document, final=final)
 
     async def _finish(
         self, job_id: str, status: JobStatus, error: dict[str, Any] | None, duration_s: float | None = None
@@ -345,6 +369,9 @@ class Runner:
         await self._store.set_status(job_id, status, error=error)
         self._progress_of(job_id).clear()
         await self.publish(job_id)
+        final = await self.document(job_id)
+        if final is not None:
+            await self._tell(final, final=True)
         record = await self._store.job(job_id)
         log.info(
             "job_finished",
@@ -360,26 +387,6 @@ class Runner:
             error_type=error["type"] if error else None,
         )
 
-    async def _cancel_remote(self, job_id: str) -> None:
+    async def _current_step(self, job_id: str) -> str | None:
         record = await self._store.job(job_id)
-        journal = record.journal if record else {}
-        fine_tune_id = journal.get(JournalKey.FINE_TUNE_ID)
-        if fine_tune_id and self._remote is not None and not journal.get(JournalKey.MODEL):
-            try:
-                await self._remote.cancel(fine_tune_id)
-                log.info("remote_job_cancelled", fine_tune_id=fine_tune_id)
-            except FinetunedError as exc:
-                log.error("remote_cancel_failed", fine_tune_id=fine_tune_id, error=str(exc))
-
-    async def _error_info(self, job_id: str, exc: BaseException) -> dict[str, Any]:
-        record = await self._store.job(job_id)
-        info: dict[str, Any] = {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "step": record.step if record else None,
-        }
-        for attr in ("http_status", "remote_status", "problems"):
-            value = getattr(exc, attr, None)
-            if value is not None:
-                info[attr] = value
-        return info
+        return record.step if record else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.jobs.context import remote_ids
 from daemon.jobs.state import JobRecord, JobStatus
@@ -49,3 +49,22 @@ def status_document(record: JobRecord, progress: dict[str, Any], pause_reason: s
     if record.duplicates:
         document["duplicates"] = record.duplicates
     return document
+
+
+class JobListener(Protocol):
+    """Told every time a job's status document is published (`final` once, when the job has ended or the input
+    was rejected); e.g. the outbox index or a notifier. A listener handles its own errors: it must not raise."""
+
+    async def job_published(self, document: dict[str, Any], *, final: bool) -> None:
+        """React to a job's new status document."""
+        ...
+
+
+def error_info(exc: BaseException, step: str | None) -> dict[str, Any]:
+    """The `error` block of a failed job's status: type, message, step, and the HTTP/remote status if any."""
+    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "step": step}
+    for attr in ("http_status", "remote_status", "problems"):
+        value = getattr(exc, attr, None)
+        if value is not None:
+            info[attr] = value
+    return info

@@ -9,6 +9,11 @@ from daemon.jobs.context import JobContext, StepInputs, StepOutput
 from daemon.spec import JobSpec
 
 Handler = Callable[[JobContext, StepInputs], Awaitable[StepOutput]]
+# Releases what a step holds on the remote side once its job has ended; given how it ended: `completed`, `failed`
+# or `cancelled`. Runs for every step of the job that has a cleanup (latest step first), whether or not that step
+# ran, so it must look at the journal to see what there is to release; it must not raise for a remote failure
+# (it logs it), and it may run again after a crash.
+Cleanup = Callable[[JobContext, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class Step:
     applies: Callable[[JobSpec], bool]
     remote: bool = False  # talks to a remote API: waits at the remote gate while remote work is paused
     needs_together: bool = False  # cannot run without Together credentials (or the sandbox)
+    cleanup: Cleanup | None = None
 
 
 def steps_for(spec: JobSpec, steps: Sequence[Step]) -> list[Step]:
