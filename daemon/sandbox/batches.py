@@ -1,9 +1,5 @@
-"""Sandbox Batch API jobs: validated and answered when created, then revealed along the simulated clock.
-
-Like fine-tune jobs, nothing runs in the background: a batch's status and progress are a pure function of the
-simulated time since it was created (`speed`), of a scripted outcome and of a cancel. Its answers are the same
-`plan_chat` answers as real-time chat, so predictions are identical between the two modes.
-"""
+"""Sandbox Batch API jobs: validated and answered when created (the same answers as real-time chat), then revealed
+along the simulated clock like fine-tune jobs: status and progress follow from the time since creation."""
 
 from __future__ import annotations
 

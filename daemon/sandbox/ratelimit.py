@@ -1,11 +1,4 @@
-"""Provider-style rate limits on chat: token buckets for requests and tokens per minute, with honest headers.
-
-The model: each limit is a bucket holding at most one minute's budget (`rpm` requests, `tpm` tokens), full at
-the start and refilled continuously at limit/60 per second of wall-clock time. A request is admitted when the
-request bucket holds at least one request and the token bucket at least the request's tokens (prompt plus
-answer: the sandbox knows its answer before it replies; a request bigger than the whole bucket needs a full
-bucket); admitting takes them out. One limiter meters the whole sandbox: every key and model share it.
-"""
+"""Provider-style chat rate limits: requests- and tokens-per-minute token buckets over the whole sandbox."""
 
 from __future__ import annotations
 
@@ -57,7 +50,14 @@ class Verdict:
 
 
 class RateLimiter:
-    """Requests-per-minute and tokens-per-minute limits over the whole sandbox, on the real clock."""
+    """Requests-per-minute and tokens-per-minute limits over the whole sandbox, on the real clock.
+
+    The model: each limit is a bucket holding at most one minute's budget (`rpm` requests, `tpm` tokens), full at
+    the start and refilled continuously at limit/60 per second. A request is admitted when the request bucket holds
+    one request and the token bucket the request's tokens (prompt plus answer: the sandbox knows its answer before
+    it replies; a request bigger than the whole bucket needs a full bucket); admitting takes them out. Every key
+    and model share the one limiter. `x-ratelimit-reset` is the time until the same request would be admitted.
+    """
 
     def __init__(self, rpm: int = 0, tpm: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

@@ -23,28 +23,15 @@ def free_port() -> int:
 async def test_module_serves_until_sigterm() -> None:
     """The module entry point answers /_sandbox/config with its flags (serving ones too) and exits 0 on SIGTERM."""
     port = free_port()
+    flags = "--speed 250 --latency-ms 5-10 --fault-rate 0.1 --slots 2 --context-tokens 4096 --flavour llama.cpp"
+    flags += " --rate-limit-rpm 120 --serverless-lora org/a,org/b"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "daemon.sandbox",
         "--port",
         str(port),
-        "--speed",
-        "250",
-        "--latency-ms",
-        "5-10",
-        "--fault-rate",
-        "0.1",
-        "--slots",
-        "2",
-        "--context-tokens",
-        "4096",
-        "--flavour",
-        "llama.cpp",
-        "--rate-limit-rpm",
-        "120",
-        "--serverless-lora",
-        "org/a, org/b",
+        *flags.split(),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
