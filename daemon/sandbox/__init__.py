@@ -27,28 +27,28 @@ Everything it answers is SIMULATED; reports made against it must say so. What it
   completed sandbox fine-tune answers a few words of that sentence (or yes/no), so a fine-tuned model scores
   visibly better, deterministically. Other prompts get a deterministic placeholder. `usage` counts 4 characters
   per token; `max_tokens` truncates (finish_reason "length"). No streaming. Answers carry
-  `x-finetuned-simulated: true`. In order, a request meets:
-  1. outages and loading (below);
-  2. the model (`resolve_served_model` in models.py, the one hook deciding what a name maps to): a sandbox
-     output model whose job has not completed gets 404 `model_not_available`; a completed LoRA fine-tune of a
-     `serverless_lora` base model is served serverless; any other fine-tune (another base, or
+  `x-finetuned-simulated: true`. The answer is decided first (completion.py, shared with batches), then:
+  1. outages and loading (below) answer instead;
+  2. rate limits `rate_limit_rpm` / `rate_limit_tpm` (0 = off) meter every chat request, over the whole sandbox
+     (every key and model share them), on the real clock. Model: a token bucket per limit holding one minute's
+     budget, full at start (and when a limit is changed), refilled continuously at limit/60 per second; a request
+     needs one request and its tokens (prompt + answer, known in advance; a request bigger than the bucket needs
+     a full one). Every chat answer then carries `x-ratelimit-limit` (rpm), `x-ratelimit-remaining` (whole
+     requests left after this one), `x-ratelimit-reset` (seconds until the same request would be admitted
+     again, 0 if now) and, with tpm, `x-tokenlimit-limit` / `x-tokenlimit-remaining`. Over a limit: 429
+     `{"error": {"type": "dynamic_request_limited" | "dynamic_token_limited", "code": "rate_limit_exceeded"}}`
+     with `Retry-After` (seconds, ceil) and `retry-after-ms`. Without limits no rate-limit header is sent;
+  3. errors of the model (`resolve_served_model` in models.py, the one hook deciding what a name maps to): a
+     sandbox output model whose job has not completed gets 404 `model_not_available`; a completed LoRA fine-tune
+     of a `serverless_lora` base model is served serverless; any other fine-tune (another base, or
      `training_type.type == "Full"`) gets Together's 400 "Unable to access non-serverless model <name>. Please
      visit https://api.together.ai/models/<name> to create and start a new dedicated endpoint for the model."
-     (code `model_not_available`);
-  3. the context limit `context_tokens` (0 = none) in the wording of `flavour` (`together`, `llama.cpp`,
+     (code `model_not_available`); any other name is a base model;
+  4. the context limit `context_tokens` (0 = none) in the wording of `flavour` (`together`, `llama.cpp`,
      `vllm`, `tgi`, `openai`; sources cited in flavours.py): prompt tokens + `max_tokens` over the limit get
      Together 400 / vLLM 400 / OpenAI 400 `context_length_exceeded` / TGI 422 with the server's own sentence;
      llama.cpp refuses (400 `exceed_context_size_error`) only a prompt that fills its context, and otherwise
      answers up to the context left (finish_reason "length");
-  4. rate limits `rate_limit_rpm` / `rate_limit_tpm` (0 = off), over the whole sandbox (every key and model
-     share them), on the real clock. Model: a token bucket per limit holding one minute's budget, full at start,
-     refilled continuously at limit/60 per second; a request needs one request and its tokens (prompt + answer;
-     the sandbox knows its answer first; a request bigger than the bucket needs a full one). Every chat answer
-     then carries `x-ratelimit-limit` (rpm), `x-ratelimit-remaining` (whole requests left after this one),
-     `x-ratelimit-reset` (seconds until the same request would be admitted again, 0 if now) and, with tpm,
-     `x-tokenlimit-limit`/`x-tokenlimit-remaining`. Over a limit: 429 `{"error": {"type":
-     "dynamic_request_limited" | "dynamic_token_limited", "code": "rate_limit_exceeded"}}` with `Retry-After`
-     (seconds, ceil) and `retry-after-ms`. Without limits no rate-limit header is sent;
   5. serving slots `slots` (0 = unlimited): like llama-server, vLLM or TGI, at most N requests are served at once,
      each taking `latency_ms` ("50" fixed, "20-80" uniform, seeded); the others wait FIFO (never a 429), so queue
      time grows with the queue and counts against the client's timeout. A client that hangs up leaves the queue
@@ -94,13 +94,15 @@ Everything it answers is SIMULATED; reports made against it must say so. What it
   "files": n, "jobs": n, "chat": {"slots", "in_service", "queue_depth", "peak_queue_depth", "queued", "served",
   "abandoned", "unavailable"}, "rate_limit": {"rpm", "tpm", "admitted", "refused_requests", "refused_tokens"},
   "batches": {"created", "completed", "requests"}, "outages": n}` where `requests` counts what the endpoints
-  answered themselves and `faults` what was injected instead; `POST /_sandbox/reset`;
+  answered themselves, `faults` what was injected instead and `outages` the refuse outages (vllm/tgi loading
+  included); `POST /_sandbox/reset`;
   `POST /_sandbox/batch-outcomes` `{"outcome": "failed"|"expired", "message", "at": 0.5, "count": 1,
   "batch_id": null}` ends the next batch(es) (or one batch) that way at fraction `at` of its run (an EXPIRED
   batch keeps what it answered; the rest go to the error file as `batch_expired`); `GET`/`POST /_sandbox/config`
   with the knobs speed, latency_ms, fault_rate, retry_after_s, user_limit_usd, slots, context_tokens, flavour,
-  rate_limit_rpm, rate_limit_tpm, serverless_lora (defaults in knobs.py; also `start_sandbox(...)` keywords and
-  `--kebab-case` flags).
+  rate_limit_rpm, rate_limit_tpm, serverless_lora (also `start_sandbox(...)` keywords and `--kebab-case` flags;
+  defaults: slots 0, context_tokens 0, flavour together, rate limits 0, serverless_lora
+  meta-llama/Meta-Llama-3.1-8B-Instruct-Reference and meta-llama/Meta-Llama-3.1-70B-Instruct-Reference).
 """
 
 from __future__ import annotations
