@@ -8,6 +8,8 @@ import contextlib
 import signal
 
 from daemon.sandbox import DEFAULT_SPEED, serve_sandbox
+from daemon.sandbox.flavours import FLAVOURS
+from daemon.sandbox.knobs import DEFAULTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of /v1/ requests answered 429/5xx")
     parser.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of injected 429s")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slots", type=int, default=0, help="chat requests served at once, the rest queue (0 = all)")
+    parser.add_argument("--context-tokens", type=int, default=0, help="context limit in tokens (0 = none)")
+    parser.add_argument("--flavour", choices=FLAVOURS, default="together", help="whose error wording to imitate")
+    parser.add_argument("--rate-limit-rpm", type=int, default=0, help="chat requests per minute (0 = no limit)")
+    parser.add_argument("--rate-limit-tpm", type=int, default=0, help="chat tokens per minute (0 = no limit)")
+    parser.add_argument(
+        "--serverless-lora",
+        default=DEFAULTS["serverless_lora"],
+        metavar="MODEL[,MODEL]",
+        help="base models whose LoRA fine-tunes are served serverless",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +59,12 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
             fault_rate=args.fault_rate,
             seed=args.seed,
             retry_after_s=args.retry_after_s,
+            slots=args.slots,
+            context_tokens=args.context_tokens,
+            flavour=args.flavour,
+            rate_limit_rpm=args.rate_limit_rpm,
+            rate_limit_tpm=args.rate_limit_tpm,
+            serverless_lora=args.serverless_lora,
         )
     )
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Sandbox admin API under /_sandbox/ (never faulted): request counters, scripted faults and job outcomes, knobs."""
+"""Sandbox admin API under /_sandbox/ (never faulted): counters, scripted faults, job and batch outcomes, knobs."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from daemon.sandbox.faults import Fault
+from daemon.sandbox.knobs import apply_config, describe
+from daemon.sandbox.listener import LISTENER
 from daemon.sandbox.sim import Outcome
-from daemon.sandbox.state import SANDBOX, PendingOutcome, Sandbox, parse_latency_ms
+from daemon.sandbox.state import SANDBOX, PendingOutcome
 
 OUTCOME_STATUSES = frozenset({"error", "user_error", "cancelled"})
+BATCH_OUTCOMES = frozenset({"failed", "expired"})
 routes = web.RouteTableDef()
 
 
@@ -29,9 +32,25 @@ async def _body(request: web.Request) -> Any:
 
 @routes.get("/_sandbox/stats")
 async def stats(request: web.Request) -> web.Response:
-    """Counters by `METHOD /route-pattern`, plus how many files and jobs exist."""
+    """Counters by `METHOD /route-pattern`, how many files and jobs exist, chat serving, rate limits, batches."""
     sb = request.app[SANDBOX]
-    return web.json_response({**sb.stats.to_json(), "files": len(sb.files), "jobs": len(sb.jobs)})
+    now = sb.clock()
+    batches = list(sb.batches.values())
+    return web.json_response(
+        {
+            **sb.stats.to_json(),
+            "files": len(sb.files),
+            "jobs": len(sb.jobs),
+            "chat": sb.serving.to_json(),
+            "rate_limit": sb.limiter.to_json(),
+            "batches": {
+                "created": len(batches),
+                "completed": sum(b.status(now) == "COMPLETED" for b in batches),
+                "requests": sum(b.answered(now) for b in batches),
+            },
+            "outages": request.app[LISTENER].outages,
+        }
+    )
 
 
 @routes.post("/_sandbox/reset")
@@ -89,50 +108,40 @@ async def job_outcome(request: web.Request) -> web.Response:
     return web.json_response({"pending": len(sb.outcomes)})
 
 
+@routes.post("/_sandbox/batch-outcomes")
+async def batch_outcome(request: web.Request) -> web.Response:
+    """Make the next `count` batches (or batch `batch_id`) end FAILED or EXPIRED at fraction `at` of their run."""
+    body = await _body(request)
+    sb = request.app[SANDBOX]
+    if not isinstance(body, dict) or body.get("outcome") not in BATCH_OUTCOMES:
+        return _bad(f"outcome must be one of {sorted(BATCH_OUTCOMES)}")
+    message = str(body.get("message") or f"The batch ended {str(body['outcome']).upper()} (scripted by the sandbox)")
+    outcome = Outcome(str(body["outcome"]), message, at=float(body.get("at", 0.5)))
+    batch_id = body.get("batch_id")
+    if batch_id is not None:
+        batch = sb.batches.get(str(batch_id))
+        if batch is None:
+            return _bad(f"no batch {batch_id}")
+        batch.outcome = outcome
+    else:
+        sb.batch_outcomes.append(PendingOutcome(outcome, count=int(body.get("count", 1))))
+    return web.json_response({"pending": len(sb.batch_outcomes)})
+
+
 @routes.post("/_sandbox/config")
 async def config(request: web.Request) -> web.Response:
-    """Change knobs at run time: speed, latency_ms, fault_rate, retry_after_s, user_limit_usd."""
+    """Change knobs at run time (see daemon.sandbox.knobs: the same names as start_sandbox's)."""
     body = await _body(request)
     if not isinstance(body, dict):
         return _bad("the body must be a JSON object")
     try:
-        _apply_config(request.app[SANDBOX], body)
+        apply_config(request.app[SANDBOX], body)
     except (TypeError, ValueError) as exc:
         return _bad(str(exc))
     return web.json_response(describe(request.app[SANDBOX]))
-
-
-def _apply_config(sb: Sandbox, body: dict[str, Any]) -> None:
-    unknown = set(body) - {"speed", "latency_ms", "fault_rate", "retry_after_s", "user_limit_usd"}
-    if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
-    if "speed" in body:
-        if float(body["speed"]) <= 0:
-            raise ValueError("speed must be > 0")
-        sb.speed = float(body["speed"])
-    if "latency_ms" in body:
-        sb.latency_ms = parse_latency_ms(str(body["latency_ms"]))
-    if "fault_rate" in body:
-        sb.faults.fault_rate = float(body["fault_rate"])
-    if "retry_after_s" in body:
-        sb.faults.retry_after_s = float(body["retry_after_s"])
-    if "user_limit_usd" in body:
-        sb.user_limit_usd = float(body["user_limit_usd"])
 
 
 @routes.get("/_sandbox/config")
 async def get_config(request: web.Request) -> web.Response:
     """The current knobs."""
     return web.json_response(describe(request.app[SANDBOX]))
-
-
-def describe(sb: Sandbox) -> dict[str, Any]:
-    """The knobs as JSON."""
-    lo, hi = sb.latency_ms
-    return {
-        "speed": sb.speed,
-        "latency_ms": f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}",
-        "fault_rate": sb.faults.fault_rate,
-        "retry_after_s": sb.faults.retry_after_s,
-        "user_limit_usd": sb.user_limit_usd,
-    }

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from daemon.sandbox import admin, routes_chat, routes_files, routes_jobs
+from daemon.sandbox import admin, outages, routes_batches, routes_chat, routes_files, routes_jobs
 from daemon.sandbox.faults import Fault, error_response, fault_response
+from daemon.sandbox.listener import LISTENER, Listener
 from daemon.sandbox.state import SANDBOX, Sandbox
 
 MAX_UPLOAD_BYTES = 64 * 2**30
@@ -80,10 +81,12 @@ async def _misbehave(
     return stream
 
 
-def make_app(sb: Sandbox) -> web.Application:
-    """The aiohttp application serving `sb`; static fine-tune paths are registered before `/{id}`."""
+def make_app(sb: Sandbox, listener: Listener) -> web.Application:
+    """The aiohttp application serving `sb` on `listener`; static fine-tune paths are registered before `/{id}`."""
     app = web.Application(middlewares=[sandbox_middleware], client_max_size=MAX_UPLOAD_BYTES)
     app[SANDBOX] = sb
-    for table in (routes_files.routes, routes_jobs.routes, routes_chat.routes, admin.routes):
-        app.router.add_routes(table)
+    app[LISTENER] = listener
+    tables = (routes_files, routes_jobs, routes_chat, routes_batches, admin, outages)
+    for module in tables:
+        app.router.add_routes(module.routes)
     return app

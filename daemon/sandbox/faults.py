@@ -116,6 +116,16 @@ class Stats:
         self.faults.clear()
 
 
+def error_body(
+    message: str, *, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """An error in Together's shape: {"id", "error": {"message", "type", "param", "code"}}."""
+    return {
+        "id": f"err-{uuid.uuid4().hex[:16]}",
+        "error": {"message": message, "type": type_, "param": param, "code": code},
+    }
+
+
 def error_response(
     status: int,
     message: str,
@@ -126,11 +136,8 @@ def error_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> web.Response:
-    """An error in Together's shape: {"id", "error": {"message", "type", "param", "code"}}."""
-    body = {
-        "id": f"err-{uuid.uuid4().hex[:16]}",
-        "error": {"message": message, "type": type_, "param": param, "code": code},
-    }
+    """An error response in Together's shape (see error_body)."""
+    body = error_body(message, type_=type_, code=code, param=param)
     return web.json_response({**body, **(extra or {})}, status=status, headers=headers)
 
 

@@ -1,91 +1,52 @@
-"""Sandbox OpenAI-style chat completions: simulated answers after a configurable latency, with `usage`."""
+"""Sandbox inference: chat completions (outages, rate limits, serving slots, latency) and the priced models list."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from typing import Any
-
 from aiohttp import web
 
-from daemon.sandbox.chat import approx_tokens, simulate_answer, text_of
-from daemon.sandbox.faults import error_response
-from daemon.sandbox.state import SANDBOX
+from daemon.sandbox.completion import plan_chat
+from daemon.sandbox.flavours import ChatError, loading_error, overloaded
+from daemon.sandbox.models import models_list
+from daemon.sandbox.state import SANDBOX, Sandbox
 
-RATE_LIMIT_PER_MIN = 6000
+SIMULATED_HEADER = "x-finetuned-simulated"  # the daemon's chat client marks such answers as simulated
 routes = web.RouteTableDef()
 
 
-def _bad_request(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "the request body must be a JSON object"
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return "model is required"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        return "messages must be a non-empty list of objects"
-    if body.get("stream"):
-        return "the sandbox does not stream; send stream=false"
+def _unavailable(sb: Sandbox) -> ChatError | None:
+    """The loading or 503-outage answer while one is under way."""
+    now = sb.monotonic()
+    if now < sb.loading_until_s:
+        return loading_error(sb.flavour)
+    if now < sb.unavailable_until_s:
+        return overloaded()
     return None
-
-
-def _truncate(answer: str, max_tokens: Any) -> tuple[str, str]:
-    """Cut the answer to `max_tokens` (4 characters per token); returns (text, finish_reason)."""
-    if isinstance(max_tokens, int) and max_tokens > 0 and approx_tokens(answer) > max_tokens:
-        return answer[: max_tokens * 4], "length"
-    return answer, "stop"
-
-
-def _completion(model: str, answer: str, finish: str, prompt_tokens: int) -> dict[str, Any]:
-    """A `chat.completion` object in Together's shape."""
-    completion_tokens = approx_tokens(answer)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "prompt": [],
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": finish,
-                "logprobs": None,
-                "message": {"role": "assistant", "content": answer, "tool_calls": []},
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
 
 
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.Response:
-    """Answer the last user message; a completed sandbox fine-tune answers short, any other model verbosely."""
+    """Decide the answer, meter it against the rate limits, wait for a serving slot, take the latency, answer."""
     sb = request.app[SANDBOX]
+    down = _unavailable(sb)
+    if down is not None:
+        sb.serving.unavailable += 1
+        return down.response()
     try:
         body = await request.json()
     except ValueError:
         body = None
-    problem = _bad_request(body)
-    if problem is not None:
-        return error_response(400, problem, param="messages")
-    model = body["model"]
-    job = sb.completed_output(model)
-    if job is not None and job.status(sb.clock()) != "completed":
-        message = f"Unable to access model {model}: its fine-tuning job {job.id} has not completed"
-        return error_response(404, message, code="model_not_available", param="model")
-    await sb.pause(sb.latency_s())
-    answer, finish = _truncate(
-        simulate_answer(body["messages"], fine_tuned=job is not None, model=model), body.get("max_tokens")
-    )
-    prompt_tokens = sum(approx_tokens(text_of(m.get("content"))) for m in body["messages"])
-    reply = _completion(model, answer, finish, prompt_tokens)
-    headers = {
-        "x-ratelimit-limit": str(RATE_LIMIT_PER_MIN),
-        "x-ratelimit-remaining": str(RATE_LIMIT_PER_MIN - 1),
-        "x-ratelimit-reset": "1",
-    }
-    return web.json_response(reply, headers=headers)
+    plan = plan_chat(sb, body)
+    verdict = sb.limiter.admit(plan.total_tokens)
+    if verdict.refusal is not None:
+        return verdict.refusal.response(verdict.headers)
+    if plan.error is not None or plan.reply is None:
+        return (plan.error or ChatError(500, {"error": "no answer"})).response(verdict.headers)
+    async with sb.serving.slot():
+        await sb.pause(sb.latency_s())
+    return web.json_response(plan.reply, headers={**verdict.headers, SIMULATED_HEADER: "true"})
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    """Together's `GET /v1/models`: a JSON list of priced models (see daemon.sandbox.models)."""
+    return web.json_response(models_list(request.app[SANDBOX]))

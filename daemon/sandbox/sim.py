@@ -116,7 +116,8 @@ class SandboxFile:
         return "COMPLETED" if self.report["valid"] else "INVALID_FORMAT"
 
     def validate(self) -> dict[str, Any]:
-        """Server-side validation: every non-blank line a JSON object with a non-empty `messages` list."""
+        """Server-side validation: every non-blank line a JSON object with a non-empty `messages` list (a
+        `batch-api` file only needs JSON objects: its lines are checked when a batch validates it)."""
         error = None
         for number, line in enumerate((self.content or b"").splitlines(), start=1):
             if not line.strip():
@@ -126,7 +127,10 @@ class SandboxFile:
             except ValueError:
                 error = f"line {number}: not valid JSON"
                 break
-            if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
+            if not isinstance(row, dict):
+                error = f"line {number}: expected a JSON object"
+                break
+            if self.purpose != "batch-api" and (not isinstance(row.get("messages"), list) or not row["messages"]):
                 error = f"line {number}: expected an object with a non-empty 'messages' list"
                 break
         if error is None and self.lines == 0:
@@ -135,7 +139,7 @@ class SandboxFile:
             "valid": error is None,
             "file_id": self.id,
             "nlines": self.lines,
-            "dataset_format": "CONVERSATION" if error is None else None,
+            "dataset_format": "CONVERSATION" if error is None and self.purpose != "batch-api" else None,
             "dataset_has_message_weights": False,
             "dataset_has_tools": False,
             "error": error,

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from daemon.sandbox.batches import SandboxBatch
 from daemon.sandbox.faults import FaultPlan, Stats
+from daemon.sandbox.models import DEFAULT_SERVERLESS_LORA
+from daemon.sandbox.ratelimit import RateLimiter
+from daemon.sandbox.serving import ChatServing
 from daemon.sandbox.sim import Outcome, SandboxFile, SandboxJob
 
 
@@ -29,16 +33,28 @@ def parse_latency_ms(spec: str) -> tuple[float, float]:
 
 @dataclass
 class PendingOutcome:
-    """An outcome waiting for the next `count` jobs created (or for one job id)."""
+    """An outcome waiting for the next `count` jobs (or batches) created, or for one job (or batch) id."""
 
     outcome: Outcome
     count: int = 1
     job_id: str | None = None
 
 
+def take_outcome(pending: list[PendingOutcome], target_id: str) -> Outcome | None:
+    """The scripted outcome for a job or batch being created now, consuming one use."""
+    for entry in pending:
+        if entry.job_id in (None, target_id):
+            entry.count -= 1
+            if entry.count <= 0:
+                pending.remove(entry)
+            return entry.outcome
+    return None
+
+
 @dataclass
 class Sandbox:
-    """Everything the routes share. Time comes from `clock` (wall seconds), randomness from `seed`."""
+    """Everything the routes share. Simulated time comes from `clock` (wall seconds, scaled by `speed` where a job
+    or batch reads it); outages, loading and rate limits use `monotonic` (real seconds). Randomness from `seed`."""
 
     speed: float
     latency_ms: tuple[float, float]
@@ -46,23 +62,41 @@ class Sandbox:
     seed: int = 0
     api_key: str | None = None
     user_limit_usd: float = 100.0
+    flavour: str = "together"
+    context_tokens: int = 0
+    serverless_lora: tuple[str, ...] = DEFAULT_SERVERLESS_LORA
+    serving: ChatServing = field(default_factory=ChatServing)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
     clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
     stats: Stats = field(default_factory=Stats)
     files: dict[str, SandboxFile] = field(default_factory=dict)
     jobs: dict[str, SandboxJob] = field(default_factory=dict)
     outcomes: list[PendingOutcome] = field(default_factory=list)
+    batches: dict[str, SandboxBatch] = field(default_factory=dict)
+    batch_outcomes: list[PendingOutcome] = field(default_factory=list)
+    seen_models: set[str] = field(default_factory=set)
+    unavailable_until_s: float = 0.0  # chat answers 503 until then (monotonic)
+    loading_until_s: float = 0.0  # chat answers "loading" until then (monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self.started_at_s = self.clock()
 
     def reset(self) -> None:
-        """Forget files, jobs, scripted faults/outcomes and counters (the knobs stay)."""
+        """Forget files, jobs, batches, scripted faults/outcomes, outages and counters (the knobs stay)."""
         self.files.clear()
         self.jobs.clear()
         self.outcomes.clear()
+        self.batches.clear()
+        self.batch_outcomes.clear()
+        self.seen_models.clear()
         self.faults.clear()
         self.stats.clear()
+        self.serving.clear()
+        self.limiter.clear()
+        self.unavailable_until_s = self.loading_until_s = 0.0
 
     def new_id(self, prefix: str) -> str:
         """`file-<uuid>` / `ft-<uuid>`, like Together's."""
@@ -70,13 +104,7 @@ class Sandbox:
 
     def next_outcome(self, job_id: str) -> Outcome | None:
         """The scripted outcome for a job being created now, consuming one use."""
-        for pending in self.outcomes:
-            if pending.job_id in (None, job_id):
-                pending.count -= 1
-                if pending.count <= 0:
-                    self.outcomes.remove(pending)
-                return pending.outcome
-        return None
+        return take_outcome(self.outcomes, job_id)
 
     def latency_s(self) -> float:
         """One chat latency draw, in seconds."""

@@ -21,20 +21,17 @@ def free_port() -> int:
 
 
 async def test_module_serves_until_sigterm() -> None:
-    """The module entry point answers /_sandbox/config with its flags and exits 0 on SIGTERM."""
+    """The module entry point answers /_sandbox/config with its flags (serving ones too) and exits 0 on SIGTERM."""
     port = free_port()
+    flags = "--speed 250 --latency-ms 5-10 --fault-rate 0.1 --slots 2 --context-tokens 4096 --flavour llama.cpp"
+    flags += " --rate-limit-rpm 120 --serverless-lora org/a,org/b"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "daemon.sandbox",
         "--port",
         str(port),
-        "--speed",
-        "250",
-        "--latency-ms",
-        "5-10",
-        "--fault-rate",
-        "0.1",
+        *flags.split(),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -54,6 +51,12 @@ async def test_module_serves_until_sigterm() -> None:
             "fault_rate": 0.1,
             "retry_after_s": 1.0,
             "user_limit_usd": 100.0,
+            "slots": 2,
+            "context_tokens": 4096,
+            "flavour": "llama.cpp",
+            "rate_limit_rpm": 120,
+            "rate_limit_tpm": 0,
+            "serverless_lora": ["org/a", "org/b"],
         }
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):

@@ -139,7 +139,14 @@ async def test_scripted_job_outcome_and_reset(sandbox: SandboxHandle) -> None:
     assert final["status"] == "error"
     assert final["events"][-1]["type"] == "job_error" and final["events"][-1]["message"] == "GPU on fire"
     assert (await admin(sandbox.base_url, "POST", "/_sandbox/reset"))["reset"] is True
-    assert await stats(sandbox.base_url) == {"requests": {}, "faults": {}, "files": 0, "jobs": 0}
+    counters = await stats(sandbox.base_url)
+    assert {k: counters[k] for k in ("requests", "faults", "files", "jobs")} == {
+        "requests": {},
+        "faults": {},
+        "files": 0,
+        "jobs": 0,
+    }
+    assert counters["chat"]["served"] == 0 and counters["batches"]["created"] == 0
 
 
 async def test_admin_rejects_bad_scripts_and_changes_knobs(sandbox: SandboxHandle) -> None:
