@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,10 @@ import aiohttp
 import pytest
 import together
 
-from daemon.sandbox import SandboxHandle, start_sandbox
+from daemon.sandbox import SandboxHandle
 from daemon.sandbox.sim import SandboxFile
 from tests.daemon.sandbox.helpers import API_KEY, BASE_MODEL, QUESTIONS, STORY, admin, stats
 
-FAST = 400.0  # a 4-request batch takes 30 + 64 simulated s = 0.24 s
 SYSTEM = {"role": "system", "content": f"Read the story and extract answers for the questions.\nStory: {STORY}"}
 
 
@@ -32,22 +30,6 @@ def write_batch(path: Path, extra: list[str] | None = None) -> Path:
     lines = [json.dumps(request_line(f"q{i}", q)) for i, (q, _) in enumerate(QUESTIONS)]
     path.write_text("\n".join([*lines, *(extra or [])]) + "\n")
     return path
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxHandle]:
-    """A sandbox with a fast clock."""
-    handle = await start_sandbox(speed=FAST, seed=9)
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-async def client(sandbox: SandboxHandle) -> AsyncIterator[together.AsyncTogether]:
-    """The SDK as users build it."""
-    sdk = together.AsyncTogether(base_url=sandbox.base_url, api_key=API_KEY)
-    yield sdk
-    await sdk.close()
 
 
 async def until_done(sdk: together.AsyncTogether, batch_id: str) -> tuple[Any, list[str]]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import together
 
-from daemon.sandbox import SandboxHandle, start_sandbox
+from daemon.sandbox import SandboxHandle
 from daemon.sandbox.models import price_usd_per_mtok
 from tests.daemon.sandbox.helpers import API_KEY, BASE_MODEL, STORY, write_chat_jsonl
 
@@ -40,22 +39,6 @@ class ModelInfo(together.BaseModel):
     display_name: str
     context_length: int
     pricing: Pricing
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxHandle]:
-    """A sandbox with a fast clock (a fine-tune completes in about 0.4 s)."""
-    handle = await start_sandbox(speed=400.0, seed=5)
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-async def client(sandbox: SandboxHandle) -> AsyncIterator[together.AsyncTogether]:
-    """The SDK as users build it."""
-    sdk = together.AsyncTogether(base_url=sandbox.base_url, api_key=API_KEY)
-    yield sdk
-    await sdk.close()
 
 
 async def listed_models(sandbox: SandboxHandle) -> list[ModelInfo]:

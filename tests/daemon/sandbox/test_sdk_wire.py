@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import together
 
-from daemon.sandbox import SandboxHandle, start_sandbox
-from tests.daemon.sandbox.helpers import API_KEY, BASE_MODEL, STORY, stats, write_chat_jsonl
-
-FAST = 400.0  # a 1-epoch job of 10 steps takes 160 simulated s = 0.4 s
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxHandle]:
-    """A sandbox on a free loopback port with a fast clock."""
-    handle = await start_sandbox(speed=FAST, seed=7)
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-async def client(sandbox: SandboxHandle) -> AsyncIterator[together.AsyncTogether]:
-    """The SDK as users build it (default retries), pointed at the sandbox."""
-    sdk = together.AsyncTogether(base_url=sandbox.base_url, api_key=API_KEY)
-    yield sdk
-    await sdk.close()
+from daemon.sandbox import SandboxHandle
+from tests.daemon.sandbox.helpers import BASE_MODEL, STORY, stats, write_chat_jsonl
 
 
 async def wait_for_status(sdk: together.AsyncTogether, job_id: str, wanted: set[str]) -> str:
