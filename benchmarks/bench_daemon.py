@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -149,8 +150,8 @@ async def lag_probe(stop: asyncio.Event, lags: list[float]) -> None:
         lags.append(loop.time() - before - 0.01)
 
 
-async def many_jobs(jobs: int) -> None:
-    """(c): `jobs` fine-tune + evaluate jobs in one in-process daemon, against a sandbox subprocess."""
+def loop_lag(jobs: int) -> None:
+    """(c) with a sandbox in its own process."""
     port = free_port()
     sandbox = subprocess.Popen(
         [sys.executable, "-m", "daemon", "sandbox", "--port", str(port), "--speed", "300", "--latency-ms", "100"],
@@ -159,46 +160,50 @@ async def many_jobs(jobs: int) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        await asyncio.sleep(2.0)
+        time.sleep(2.0)
         with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as sink:
-            spool = Path(tmp)
-            settings = Settings.from_env(
-                spool_env(spool, TOGETHER_API_KEY="bench-key", TOGETHER_BASE_URL=f"http://127.0.0.1:{port}"),
-                max_concurrent_jobs=jobs,
-                poll_min_s=0.5,
-                poll_max_s=2.0,
-            )
-            (spool / "inbox").mkdir()
-            for i in range(jobs):
-                deliver(spool / "inbox", f"lag-{i:03d}")
-                spec = spool / "inbox" / f"lag-{i:03d}.yaml"
-                spec.write_text(
-                    spec.read_text()
-                    + f"finetune:\n  model: {MODEL}\n  suffix: lag{i}\nevaluate:\n  models: [base, finetuned]\n"
-                    "  concurrency: 4\n"
-                )
-                os.utime(spec, (time.time() - 10, time.time() - 10))
-            setup = configure("warning", json_output=True, stream=sink)
-            remote = TogetherAPI(settings, redactor=setup.redactor)
-            stop, lags = asyncio.Event(), []
-            probe = asyncio.create_task(lag_probe(stop, lags))
-            started = time.monotonic()
-            try:
-                await Service(settings, STEPS, job_logs=setup.job_logs, remote=remote, once=True).run()
-            finally:
-                stop.set()
-                await probe
-                await remote.close()
-            done = sum(1 for p in (spool / "outbox").glob("*/report.md"))
-            ms = [x * 1000 for x in lags]
-            print(
-                f"| loop lag, {jobs} jobs ({done} completed in {time.monotonic() - started:.0f} s) | "
-                f"p50 {statistics.median(ms):.1f} ms | p99 {percentile(ms, 0.99):.1f} ms | max {max(ms):.1f} ms |",
-                flush=True,
-            )
+            asyncio.run(many_jobs(jobs, port, Path(tmp), sink))
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=30)
+
+
+async def many_jobs(jobs: int, port: int, spool: Path, sink: TextIO) -> None:
+    """(c): `jobs` fine-tune + evaluate jobs in one in-process daemon, against the sandbox at `port`."""
+    settings = Settings.from_env(
+        spool_env(spool, TOGETHER_API_KEY="bench-key", TOGETHER_BASE_URL=f"http://127.0.0.1:{port}"),
+        max_concurrent_jobs=jobs,
+        poll_min_s=0.5,
+        poll_max_s=2.0,
+    )
+    (spool / "inbox").mkdir()
+    for i in range(jobs):
+        deliver(spool / "inbox", f"lag-{i:03d}")
+        spec = spool / "inbox" / f"lag-{i:03d}.yaml"
+        spec.write_text(
+            spec.read_text()
+            + f"finetune:\n  model: {MODEL}\n  suffix: lag{i}\nevaluate:\n  models: [base, finetuned]\n"
+            "  concurrency: 4\n"
+        )
+        os.utime(spec, (time.time() - 10, time.time() - 10))
+    setup = configure("warning", json_output=True, stream=sink)
+    remote = TogetherAPI(settings, redactor=setup.redactor)
+    stop, lags = asyncio.Event(), []
+    probe = asyncio.create_task(lag_probe(stop, lags))
+    started = time.monotonic()
+    try:
+        await Service(settings, STEPS, job_logs=setup.job_logs, remote=remote, once=True).run()
+    finally:
+        stop.set()
+        await probe
+        await remote.close()
+    done = sum(1 for p in (spool / "outbox").glob("*/report.md"))
+    ms = [x * 1000 for x in lags]
+    print(
+        f"| loop lag, {jobs} jobs ({done} completed in {time.monotonic() - started:.0f} s) | "
+        f"p50 {statistics.median(ms):.1f} ms | p99 {percentile(ms, 0.99):.1f} ms | max {max(ms):.1f} ms |",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -211,7 +216,7 @@ def main() -> int:
     args = parser.parse_args()
     print("| measurement | | | |\n|---|---:|---:|---:|")
     pickup_and_idle(args.specs, 0.0 if args.skip_idle else args.idle_s)
-    asyncio.run(many_jobs(args.jobs))
+    loop_lag(args.jobs)
     return 0
 
 
