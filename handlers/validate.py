@@ -1,5 +1,8 @@
 """Step 2, `validate`: check the prepared JSONL line by line before anything is uploaded; the report names each line.
 
+A valid conversation file is proven so column-wise first (`handlers/dataset/columnar.py`, Arrow on every core);
+anything that proof cannot settle is checked line by line here, so every problem and line number comes from here.
+
 `validate_file` is a pure function over a path (used by `finetuned check` too); `run` is the step.
 """
 
@@ -17,6 +20,7 @@ import structlog
 from daemon.errors import DatasetError
 from daemon.jobs.context import JobContext, StepInputs, StepOutput
 from daemon.spool.files import atomic_write_json
+from handlers.dataset.columnar import prove_valid
 from handlers.dataset.jsonio import MAX_ROW_BYTES
 from handlers.dataset.rules import Kind, Problem, check_fields, detect_format
 from handlers.dataset.stats import TOKEN_ESTIMATE, FileStats, measure
@@ -76,8 +80,13 @@ class FileReport:
         }
 
 
-def validate_file(path: Path, *, min_examples: int = 1, max_tokens: int | None = None) -> FileReport:
-    """Check every line of a fine-tuning JSONL file; never raises for bad content (it is all in the report)."""
+def validate_file(
+    path: Path, *, min_examples: int = 1, max_tokens: int | None = None, columnar: bool = True
+) -> FileReport:
+    """Check every line of a fine-tuning JSONL file; never raises for bad content (it is all in the report).
+
+    `columnar=False` skips the columnar proof and checks line by line only (same report, slower).
+    """
     report = FileReport(path=path, max_tokens=max_tokens, min_examples=min_examples)
     try:
         report.size_bytes = path.stat().st_size
@@ -88,7 +97,11 @@ def validate_file(path: Path, *, min_examples: int = 1, max_tokens: int | None =
     with fh:
         if report.size_bytes > MAX_FILE_BYTES:
             report.add(None, Kind.FILE_TOO_LARGE, f"the file is {report.size_bytes} bytes; the limit is 50.1 GiB")
-        _check_lines(fh, report)
+        proven = prove_valid(path, max_tokens=max_tokens) if columnar and report.size_bytes else None
+        if proven is not None:
+            report.format, report.examples, report.stats = "conversation", proven.examples, proven.stats
+        else:
+            _check_lines(fh, report)
     if report.size_bytes == 0 or report.examples == 0:
         report.add(None, Kind.EMPTY_FILE, "the file has no examples")
     elif report.examples < min_examples:
