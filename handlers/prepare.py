@@ -27,7 +27,7 @@ from daemon.spool.files import atomic_write_json, fsync_dir
 from handlers.dataset.jsonio import MAX_ROW_BYTES
 from handlers.dataset.loading import Location, SplitSource, open_split
 from handlers.dataset.mapping import Example, Mapper, Projection, RowProblem, check_columns, make_mapper
-from handlers.dataset.stats import TOKEN_ESTIMATE, FileStats
+from handlers.dataset.stats import TOKEN_ESTIMATE, FileStats, file_identity
 
 log = structlog.get_logger()
 
@@ -95,7 +95,9 @@ def prepare_dataset(
     eval_file = None
     if eval_source is not None:
         eval_file = _write_eval(reader, eval_source, out_dir / "eval.jsonl", counts)
+    checked_as_written = counts.pop("checked_as_written")
     result = {
+        "checked_as_written": checked_as_written,
         "train_file": str(train_file),
         "validation_file": None if validation_file is None else str(validation_file),
         "eval_file": None if eval_file is None else str(eval_file),
@@ -154,7 +156,7 @@ def _write_train(
 ) -> tuple[Path, Path | None]:
     """train.jsonl (and validation.jsonl): shuffle if asked, hold out `validation_size`, then keep up to `limit`."""
     held_out = spec.validation_size or 0
-    counts.update(train=None, validation=None)
+    counts.update(train=None, validation=None, checked_as_written={})
     wanted = None if spec.limit is None else held_out + spec.limit
     examples = reader.examples(source, spec.max_turns)
     with _Shuffle(work_dir, spec.seed, enabled=spec.shuffle) as shuffle:
@@ -170,11 +172,13 @@ def _write_train(
                     f"{sink.stats.examples} rows: nothing would be left to train on"
                 )
             counts["validation"], validation_file = sink.stats.as_dict(), sink.path
+            counts["checked_as_written"]["validation"] = sink.proof()
         with _Sink(out_dir / "train.jsonl") as sink:
             sink.write_all(selected)
     if sink.stats.examples == 0:
         raise DatasetError(f"{source.describe()}: no training examples are left after holding out validation_size")
     counts["train"] = sink.stats.as_dict()
+    counts["checked_as_written"]["train"] = sink.proof()
     return sink.path, validation_file
 
 
@@ -201,19 +205,27 @@ class _Sink:
         self.path = path.resolve()
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.stats = FileStats()
+        self.checked = True  # every line written was checked by its mapper (see `Example`)
         self.fh: IO[str] = open(self.tmp, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 - closed in __exit__
 
     def write_all(self, examples: Iterator[Example]) -> None:
         """Write every example and count it (lines are joined into ~256-line writes: fewer, larger syscalls)."""
         add = self.stats.add
         pending: list[str] = []
-        for line, characters, messages, turns in examples:
+        checked = True
+        for line, characters, messages, turns, line_checked in examples:
             pending.append(line)
             add(characters, messages, turns)
+            checked = checked and line_checked
             if len(pending) == _WRITE_LINES:
                 self.fh.write("".join(pending))
                 pending.clear()
         self.fh.write("".join(pending))
+        self.checked = self.checked and checked
+
+    def proof(self) -> dict[str, Any] | None:
+        """When every line was checked as written: the file's identity, which `validate` compares before trusting."""
+        return file_identity(self.path) if self.checked and self.stats.examples else None
 
     def __enter__(self) -> _Sink:
         return self
@@ -251,8 +263,8 @@ class _Shuffle:
         handles = [open(p, "w", encoding="utf-8") for p in paths]  # noqa: SIM115 - closed just below
         try:
             pick = self.rng.randrange
-            for line, characters, messages, turns in examples:
-                handles[pick(SHUFFLE_BUCKETS)].write(f"{characters}\t{messages}\t{turns}\t{line}")
+            for line, characters, messages, turns, checked in examples:
+                handles[pick(SHUFFLE_BUCKETS)].write(f"{characters}\t{messages}\t{turns}\t{int(checked)}\t{line}")
         finally:
             for handle in handles:
                 handle.close()
@@ -262,8 +274,8 @@ class _Shuffle:
             path.unlink()
             self.rng.shuffle(bucket)
             for entry in bucket:
-                sizes = entry.split("\t", 3)
-                yield sizes[3], int(sizes[0]), int(sizes[1]), int(sizes[2])
+                sizes = entry.split("\t", 4)
+                yield sizes[4], int(sizes[0]), int(sizes[1]), int(sizes[2]), sizes[3] == "1"
 
     def __enter__(self) -> _Shuffle:
         return self

@@ -1,7 +1,9 @@
 """Step 2, `validate`: check the prepared JSONL line by line before anything is uploaded; the report names each line.
 
-A valid conversation file is proven so column-wise first (`handlers/dataset/columnar.py`, Arrow on every core);
-anything that proof cannot settle is checked line by line here, so every problem and line number comes from here.
+A file `prepare` checked as it wrote it (CoQA: see `Example`) and unchanged since is trusted without reading it.
+Otherwise a valid conversation file is proven so column-wise first (`handlers/dataset/columnar.py`, Arrow on both
+cores); whatever that proof cannot settle is checked line by line here, so every problem and line number comes from
+here.
 
 `validate_file` is a pure function over a path (used by `finetuned check` too); `run` is the step.
 """
@@ -23,7 +25,7 @@ from daemon.spool.files import atomic_write_json
 from handlers.dataset.columnar import prove_valid
 from handlers.dataset.jsonio import MAX_ROW_BYTES
 from handlers.dataset.rules import Kind, Problem, check_fields, detect_format
-from handlers.dataset.stats import TOKEN_ESTIMATE, FileStats, measure
+from handlers.dataset.stats import TOKEN_ESTIMATE, FileStats, file_identity, measure
 
 log = structlog.get_logger()
 
@@ -38,6 +40,7 @@ class FileReport:
     path: Path
     max_tokens: int | None
     min_examples: int
+    method: str = "line by line"
     format: str | None = None
     examples: int = 0
     size_bytes: int = 0
@@ -68,6 +71,7 @@ class FileReport:
         return {
             "file": str(self.path),
             "valid": self.valid,
+            "method": self.method,
             "format": self.format,
             "examples": self.examples,
             "size_bytes": self.size_bytes,
@@ -100,12 +104,33 @@ def validate_file(
         proven = prove_valid(path, max_tokens=max_tokens) if columnar and report.size_bytes else None
         if proven is not None:
             report.format, report.examples, report.stats = "conversation", proven.examples, proven.stats
+            report.method = "columnar"
         else:
             _check_lines(fh, report)
     if report.size_bytes == 0 or report.examples == 0:
         report.add(None, Kind.EMPTY_FILE, "the file has no examples")
     elif report.examples < min_examples:
         report.add(None, Kind.TOO_FEW_EXAMPLES, f"{report.examples} examples; at least {min_examples} are required")
+    return report
+
+
+def trust_checked(
+    path: Path, counts: dict[str, Any], proof: dict[str, int] | None, *, min_examples: int, max_tokens: int | None
+) -> FileReport | None:
+    """The report of a file `prepare` checked line by line as it wrote it, if it is still that file and short enough.
+
+    None (validate it by reading) when there is no proof, the file changed since, or its longest example is over
+    `max_tokens` (then every long line must be named, which takes reading).
+    """
+    if proof is None or file_identity(path) != proof or counts["examples"] < min_examples:
+        return None
+    longest = counts["longest_example"]["estimated_tokens"]
+    if max_tokens is not None and longest > max_tokens:
+        return None
+    report = FileReport(path=path, max_tokens=max_tokens, min_examples=min_examples, method="checked as written")
+    report.format, report.examples, report.size_bytes = "conversation", counts["examples"], proof["size_bytes"]
+    report.stats = FileStats(**{k: v for k, v in counts.items() if k != "longest_example"})
+    report.stats.longest = dict(counts["longest_example"])
     return report
 
 
@@ -178,9 +203,14 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     max_tokens = ctx.spec.finetune.max_seq_length if ctx.spec.finetune is not None else None
     min_examples = ctx.spec.dataset.min_examples
     reports = []
-    for path in paths:
+    for path, split in zip(paths, ("train", "validation"), strict=False):
         minimum = min_examples if path == paths[0] else 1
-        reports.append(await asyncio.to_thread(validate_file, path, min_examples=minimum, max_tokens=max_tokens))
+        proof = prepared.get("checked_as_written", {}).get(split)
+        counts = prepared.get("counts", {}).get(split)
+        report = trust_checked(path, counts, proof, min_examples=minimum, max_tokens=max_tokens) if counts else None
+        if report is None:
+            report = await asyncio.to_thread(validate_file, path, min_examples=minimum, max_tokens=max_tokens)
+        reports.append(report)
     document = report_document(reports)
     await asyncio.to_thread(atomic_write_json, ctx.out_dir / "validation.json", document)
     for report in reports:

@@ -16,8 +16,10 @@ from handlers.dataset.stats import measure
 
 Message = dict[str, Any]
 EvalItem = dict[str, Any]
-# A mapped training example: (JSONL line, content characters, messages, assistant turns).
-Example = tuple[str, int, int, int]
+# A mapped training example: (JSONL line, content characters, messages, assistant turns, checked) where `checked`
+# says the mapper built the line so that it keeps every rule of `validate` but the context length (CoQA: roles and
+# order by construction, and it saw that every text has content); False leaves the line to `validate` to read.
+Example = tuple[str, int, int, int, bool]
 # Columns a mapper reads; a value names the one field of a struct column it needs (None: the whole column).
 Projection = dict[str, str | None]
 
@@ -131,8 +133,10 @@ class CoqaMapper:
             questions, answers = _texts(row, "questions")[:max_turns], _texts(row, "answers")[:max_turns]
             line = cookbook_line(system, questions, answers)
         pairs = min(len(questions), len(answers))
-        characters = len(system) + sum(map(len, questions[:pairs])) + sum(map(len, answers[:pairs]))
-        return line, characters, 1 + 2 * pairs, pairs
+        asked, answered = questions[:pairs], answers[:pairs]
+        characters = len(system) + sum(map(len, asked)) + sum(map(len, answered))
+        checked = pairs > 0 and all(text.strip() for text in (system, *asked, *answered))
+        return line, characters, 1 + 2 * pairs, pairs, checked
 
     def messages(self, row: Mapping[str, Any]) -> list[Message]:
         """System prompt, then for each question/answer pair (zip, as the cookbook) a user and an assistant message."""
@@ -261,7 +265,7 @@ class MessagesMapper:
         value = self._converted(row)
         if isinstance(value, list):
             value = self._with_system(row, cut_turns(value, max_turns))
-        return (encode_line({"messages": value}), *measure(value if isinstance(value, list) else []))
+        return (encode_line({"messages": value}), *measure(value if isinstance(value, list) else []), False)
 
     def messages(self, row: Mapping[str, Any]) -> list[Message]:
         """The row's messages as `{"content", "role", ...}`, roles renamed, system prompt applied."""

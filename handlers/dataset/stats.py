@@ -7,6 +7,7 @@ Llama-3-style tokenizers) plus 5 tokens per message for the chat template's fram
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 CHARS_PER_TOKEN = 4
@@ -70,3 +71,9 @@ class FileStats:
             "estimated_tokens": self.estimated_tokens,
             "longest_example": self.longest or None,
         }
+
+
+def file_identity(path: Path) -> dict[str, int]:
+    """What tells a file from a changed one without reading it: size, modification time (ns) and inode."""
+    stat = path.stat()
+    return {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}

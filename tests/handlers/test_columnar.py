@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,9 @@ def test_prepared_coqa_proven_with_identical_counts_across_chunks(
     assert proven is not None
     expected = slow(path, max_tokens=4096)
     assert proven.stats.as_dict() == expected["counts"]
-    assert validate_file(path, max_tokens=4096).as_dict() == expected
+    fast = validate_file(path, max_tokens=4096).as_dict()
+    assert (fast.pop("method"), expected.pop("method")) == ("columnar", "line by line")
+    assert fast == expected
 
 
 def test_weights_system_crlf_and_no_final_newline_are_proven(tmp_path: Path) -> None:
@@ -92,3 +95,8 @@ def test_too_long_for_the_context_is_left_to_the_rules(tmp_path: Path) -> None:
     assert columnar.prove_valid(path, max_tokens=50) is None
     assert columnar.prove_valid(path, max_tokens=5000) is not None
     assert [(p["line"], p["kind"]) for p in validate_file(path, max_tokens=50).problems] == [(2, "too_long")]
+
+
+def test_whitespace_is_exactly_what_python_strips() -> None:
+    """The trimmed characters are Python's whitespace, so both paths agree on what empty content is."""
+    assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == columnar.WHITESPACE

@@ -16,6 +16,7 @@ from handlers import prepare
 from handlers.dataset.jsonio import encode_line, read_json
 from handlers.dataset.loading import read_hub
 from handlers.dataset.mapping import CoqaMapper
+from handlers.dataset.rules import check_messages
 from tests.handlers.dataset_helpers import (
     coqa_rows,
     make_context,
@@ -89,10 +90,21 @@ def test_fast_path_equals_generic_encoder() -> None:
     """The CoQA fast path builds the same line as encoding its message list with encode_line."""
     mapper = CoqaMapper(COOKBOOK_SYSTEM_PROMPT)
     for row in coqa_rows():
-        line, characters, messages, turns = mapper.example(row, None)
+        line, characters, messages, turns, checked = mapper.example(row, None)
         assert line == encode_line({"messages": mapper.messages(row)})
         assert (messages, turns) == (1 + 2 * len(row["questions"]), len(row["questions"]))
         assert characters == sum(len(m["content"]) for m in mapper.messages(row))
+        assert checked is (check_messages(mapper.messages(row)) == [])
+
+
+def test_checked_only_when_every_text_has_content() -> None:
+    """A CoQA row with a blank answer (or no pairs) is not marked checked, so `validate` reads and names it."""
+    mapper = CoqaMapper(COOKBOOK_SYSTEM_PROMPT)
+    row = coqa_rows(1)[0]
+    blank = {**row, "answers": {**row["answers"], "input_text": [" ", *row["answers"]["input_text"][1:]]}}
+    assert mapper.example(row, None)[4] is True
+    assert mapper.example(blank, None)[4] is False
+    assert mapper.example({**row, "questions": []}, None)[4] is False
 
 
 def test_output_passes_together_check_file(tmp_path: Path) -> None:
@@ -433,7 +445,7 @@ def test_cookbook_line_matches_encoder_on_random_text() -> None:
         questions = [text(alphabet) for _ in range(turns)]
         answers = [text(alphabet) for _ in range(max(0, turns - rng.randint(0, 1)))]  # zip may truncate
         row = {"story": text(alphabet), "questions": questions, "answers": answers}
-        line, characters, messages, _ = mapper.example(row, None)
+        line, characters, messages, *_ = mapper.example(row, None)
         expected = mapper.messages(row)
         assert line == encode_line({"messages": expected})
         assert (characters, messages) == (sum(len(m["content"]) for m in expected), len(expected))

@@ -166,3 +166,48 @@ async def test_run_applies_min_examples_and_context(tmp_path: Path) -> None:
     train = write_jsonl(ctx.out_dir / "train.jsonl", [msgs(("user", "q" * 200), ("assistant", "a"))])
     with pytest.raises(DatasetError, match=r"line 1: about 61 tokens.*too_long x1, too_few_examples x1"):
         await validate.run(ctx, {"prepare": {"train_file": str(train), "validation_file": None}})
+
+
+async def prepared_by_prepare(tmp_path: Path, rows: list[Any], **finetune: Any) -> tuple[Any, dict[str, Any]]:
+    """A job context and the real `prepare` step's output for CoQA `rows`."""
+    source = write_jsonl(tmp_path / "src.jsonl", rows)
+    spec: dict[str, Any] = {"name": "v", "dataset": {"source": str(source), "validation_size": 2}}
+    if finetune:
+        spec["finetune"] = {"model": "m", **finetune}
+    ctx = make_context(tmp_path, spec)
+    return ctx, {"prepare": await prepare.run(ctx, {})}
+
+
+async def test_prepared_coqa_is_trusted_unchanged_with_the_full_reports_counts(tmp_path: Path) -> None:
+    """CoQA checked as prepare wrote it is not read again; its report equals the line-by-line one."""
+    ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12))
+    await validate.run(ctx, inputs)
+    files = json.loads((ctx.out_dir / "validation.json").read_text())["files"]
+    for name, document in files.items():
+        assert document.pop("method") == "checked as written"
+        full = validate_file(ctx.out_dir / name, columnar=False, min_examples=document["min_examples"]).as_dict()
+        full.pop("method")
+        assert document == full
+
+
+async def test_a_file_changed_after_prepare_is_read_and_its_bad_line_named(tmp_path: Path) -> None:
+    """Appending a bad line after prepare voids the proof: validate reads the file and names the line."""
+    ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12))
+    train = Path(inputs["prepare"]["train_file"])
+    with open(train, "ab") as fh:
+        fh.write(b'{"messages": []}\n')
+    with pytest.raises(
+        DatasetError, match=r"train.jsonl is not a valid fine-tuning file: line 11: 'messages' is empty"
+    ):
+        await validate.run(ctx, inputs)
+
+
+async def test_examples_over_the_context_are_each_named_despite_the_proof(tmp_path: Path) -> None:
+    """A proof says nothing about context length beyond the longest example: too-long lines are read and named."""
+    ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12), max_seq_length=64)
+    long_lines = validate_file(Path(inputs["prepare"]["train_file"]), max_tokens=64, columnar=False).kinds["too_long"]
+    assert long_lines > 1
+    with pytest.raises(DatasetError, match=rf"too_long x{long_lines}\)"):
+        await validate.run(ctx, inputs)
+    files = json.loads((ctx.out_dir / "validation.json").read_text())["files"]
+    assert files["train.jsonl"]["method"] == "line by line"
