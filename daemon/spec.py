@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -108,13 +109,74 @@ class EvaluateSpec(_Strict):
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
 
 
+# Keys a sweep may not vary: they name or bound the whole sweep, not one variant.
+UNSWEPT_KEYS = frozenset({"suffix", "max_price_usd", "poll_deadline_h"})
+MAX_VARIANTS = 64
+
+
+class SweepSpec(_Strict):
+    """Several fine-tunes of one dataset: a grid of finetune values (every combination) and/or explicit variants."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    max_parallel: PositiveInt = 2
+    max_price_usd: float | None = Field(default=None, gt=0)
+    metric: Literal["f1", "em"] = "f1"
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """Every variant's finetune overrides: the grid's combinations in order, then the explicit variants."""
+        combos: list[dict[str, Any]] = [{}] if self.grid else []
+        for key, values in self.grid.items():
+            combos = [{**combo, key: value} for combo in combos for value in values]
+        return [*combos, *self.variants]
+
+
+def variant_name(overrides: dict[str, Any]) -> str:
+    """A readable, path-safe name for a variant, e.g. `learning_rate-2e-05.n_epochs-3`."""
+    text = ".".join(f"{key}-{value}" for key, value in overrides.items()) or "default"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:60]
+
+
 class JobSpec(_Strict):
-    """One job: a dataset, and optionally a fine-tune and an evaluation."""
+    """One job: a dataset, and optionally a fine-tune (or a sweep of them) and an evaluation."""
 
     name: str = Field(pattern=NAME_PATTERN)
     dataset: DatasetSpec
     finetune: FinetuneSpec | None = None
     evaluate: EvaluateSpec | None = None
+    sweep: SweepSpec | None = None
+
+    @model_validator(mode="after")
+    def _sweep_valid(self) -> JobSpec:
+        if self.sweep is None:
+            return self
+        if self.finetune is None:
+            raise ValueError("sweep needs a finetune section: its values vary that section's keys")
+        combos = self.sweep.combinations()
+        if not combos or len(combos) > MAX_VARIANTS:
+            raise ValueError(f"sweep must give between 1 and {MAX_VARIANTS} variants (grid and/or variants)")
+        for combo in combos:
+            if bad := sorted(set(combo) & UNSWEPT_KEYS):
+                raise ValueError(f"sweep cannot vary {', '.join(bad)}: it applies to the whole sweep")
+            try:
+                FinetuneSpec.model_validate({**self.finetune.model_dump(exclude_unset=True), **combo})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"sweep variant {variant_name(combo)}: finetune.{where}: {first['msg']}") from None
+        names = [variant_name(combo) for combo in combos]
+        if len(set(names)) != len(names):
+            raise ValueError("sweep lists the same variant twice")
+        return self
+
+    def variants(self) -> list[tuple[str, dict[str, Any], JobSpec]]:
+        """(name, overrides, spec) of each variant of a sweep: the same job with its finetune values, no sweep."""
+        assert self.sweep is not None and self.finetune is not None
+        out = []
+        for combo in self.sweep.combinations():
+            finetune = FinetuneSpec.model_validate({**self.finetune.model_dump(exclude_unset=True), **combo})
+            out.append((variant_name(combo), combo, self.model_copy(update={"finetune": finetune, "sweep": None})))
+        return out
 
     @model_validator(mode="after")
     def _models_resolvable(self) -> JobSpec:

@@ -158,3 +158,10 @@ async def cleanup(ctx: JobContext, outcome: str) -> None:
         log.info("remote_job_cancelled", fine_tune_id=fine_tune_id)
     except FinetunedError as exc:
         log.error("remote_cancel_failed", fine_tune_id=fine_tune_id, error=str(exc))
+
+
+async def estimate(ctx: JobContext, spec: FinetuneSpec, upload: dict[str, Any]) -> PriceEstimate:
+    """Together's price estimate for a fine-tune of `spec` on the uploaded files, without creating anything."""
+    remote = ctx.fine_tuning()
+    request = _request(spec, upload, make_tag(ctx.job_id))
+    return await retry(lambda: remote.estimate_price(request), policy=ctx.settings.retry_policy, what="estimate price")

@@ -9,7 +9,6 @@ import asyncio
 from typing import Any
 
 from daemon.config import Settings
-from daemon.jobs.context import JournalKey
 from daemon.jobs.faults import crash_point
 from daemon.jobs.state import StateStore
 
@@ -20,11 +19,11 @@ class StoreJournal:
     def __init__(self, store: StateStore, settings: Settings, job_id: str, values: dict[str, str]) -> None:
         self._store, self._settings, self._job_id, self._values = store, settings, job_id, values
 
-    def get(self, key: JournalKey) -> str | None:
+    def get(self, key: str) -> str | None:
         """The recorded value, or None."""
         return self._values.get(key)
 
-    async def record(self, key: JournalKey, value: str) -> None:
+    async def record(self, key: str, value: str) -> None:
         """Durably record; the crash point `journal:<key>` fires just before, for the adopt-after-crash tests."""
         crash_point(self._settings, f"journal:{key}", self._job_id)
         await asyncio.shield(self._store.record(self._job_id, key, value))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,11 +50,11 @@ class Journal(Protocol):
     `record` returns only once the value is on disk, so a crash after it cannot lose it.
     """
 
-    def get(self, key: JournalKey) -> str | None:
-        """The recorded value, or None."""
+    def get(self, key: str) -> str | None:
+        """The recorded value (keys are `JournalKey`s, or a variant's prefixed ones), or None."""
         ...
 
-    async def record(self, key: JournalKey, value: str) -> None:
+    async def record(self, key: str, value: str) -> None:
         """Durably record `value` under `key` (overwrites)."""
         ...
 
@@ -98,3 +98,63 @@ class JobContext:
         if self.remote is None:
             raise BadInput("this step needs Together: set TOGETHER_API_KEY, or run with --sandbox to use the simulator")
         return self.remote
+
+    def variant(
+        self, name: str, spec: JobSpec, *, shared_groups: frozenset[str] = frozenset(), out_dir: Path | None = None
+    ) -> JobContext:
+        """The context of one variant of a sweep: its own folders, journal and items under this job's, same remote.
+
+        Its job id is `<job id>.<name>` (so its fine-tune's tag differs from its siblings'); item groups named in
+        `shared_groups` (the base model's answers) are the sweep's, read and written by every variant alike.
+        """
+        prefix = f"{name}/"
+
+        async def progress(**fields: Any) -> None:
+            await self.progress(variant=name, **fields)
+
+        return replace(
+            self,
+            job_id=f"{self.job_id}.{name}",
+            spec=spec,
+            out_dir=out_dir or self.out_dir / "variants" / name,
+            work_dir=self.work_dir / "variants" / name,
+            journal=PrefixedJournal(self.journal, prefix),
+            items=PrefixedItems(self.items, prefix, shared_groups),
+            progress=progress,
+        )
+
+
+@dataclass(frozen=True)
+class PrefixedJournal:
+    """A variant's journal: the sweep's journal with every key under `prefix`."""
+
+    parent: Journal
+    prefix: str
+
+    def get(self, key: str) -> str | None:
+        """The recorded value, or None."""
+        return self.parent.get(self.prefix + key)
+
+    async def record(self, key: str, value: str) -> None:
+        """Durably record under the prefixed key."""
+        await self.parent.record(self.prefix + key, value)
+
+
+@dataclass(frozen=True)
+class PrefixedItems:
+    """A variant's item store: its own groups under `prefix`, the shared ones as they are."""
+
+    parent: ItemStore
+    prefix: str
+    shared: frozenset[str]
+
+    def _group(self, group: str) -> str:
+        return group if group in self.shared else self.prefix + group
+
+    async def load(self, group: str) -> dict[str, dict[str, Any]]:
+        """Every saved item of the group."""
+        return await self.parent.load(self._group(group))
+
+    async def save(self, group: str, item_id: str, record: dict[str, Any]) -> None:
+        """Durably save one item."""
+        await self.parent.save(self._group(group), item_id, record)

@@ -4,31 +4,41 @@ from __future__ import annotations
 
 from daemon.jobs.steps import Step
 from daemon.spec import JobSpec
-from handlers import create, evaluate, poll, prepare, report, upload, validate
+from handlers import create, evaluate, poll, prepare, report, sweep, upload, validate
 
 
 def _always(_spec: JobSpec) -> bool:
     return True
 
 
-def _finetunes(spec: JobSpec) -> bool:
+def _uploads(spec: JobSpec) -> bool:
     return spec.finetune is not None
 
 
+def _finetunes(spec: JobSpec) -> bool:
+    return spec.finetune is not None and spec.sweep is None
+
+
+def _sweeps(spec: JobSpec) -> bool:
+    return spec.sweep is not None
+
+
 def _evaluates(spec: JobSpec) -> bool:
-    return spec.evaluate is not None
+    return spec.evaluate is not None and spec.sweep is None
 
 
 def _reports(spec: JobSpec) -> bool:
-    return spec.finetune is not None or spec.evaluate is not None
+    """A sweep's report is its comparison, written by `sweep`; each variant has its own report."""
+    return (spec.finetune is not None or spec.evaluate is not None) and spec.sweep is None
 
 
 STEPS: tuple[Step, ...] = (
     Step("prepare", prepare.run, _always),
     Step("validate", validate.run, _always),
-    Step("upload", upload.run, _finetunes, remote=True, needs_together=True),
+    Step("upload", upload.run, _uploads, remote=True, needs_together=True),
     Step("create", create.run, _finetunes, remote=True, needs_together=True, cleanup=create.cleanup),
     Step("poll", poll.run, _finetunes, remote=True, needs_together=True),
     Step("evaluate", evaluate.run, _evaluates, remote=True),
+    Step("sweep", sweep.run, _sweeps, remote=True, needs_together=True, cleanup=sweep.cleanup),
     Step("report", report.run, _reports),
 )

@@ -106,3 +106,41 @@ def test_roles_map_only_to_roles_the_dataset_may_hold() -> None:
     assert spec.dataset.roles == {"human": "user", "bot": "assistant"}
     (problem,) = problems_of(b"name: r\ndataset:\n  source: x\n  roles: {fn: tool}\n")
     assert problem.startswith("spec.yaml: line 4: dataset.roles.fn:")
+
+
+SWEEP_BASE = b"name: sw\ndataset: {source: x}\nfinetune: {model: m, n_epochs: 2}\n"
+
+
+def test_sweep_grid_and_variants_expand_in_order_with_readable_names() -> None:
+    """A grid gives every combination, explicit variants follow; each variant keeps the spec's other values."""
+    spec = parse_spec(
+        SWEEP_BASE + b"sweep:\n  grid: {learning_rate: [1.0e-5, 2.0e-5], lora_r: [8]}\n  variants: [{n_epochs: 5}]\n"
+    )
+    found = [(name, v.finetune.learning_rate, v.finetune.n_epochs, v.sweep) for name, _, v in spec.variants()]  # type: ignore[union-attr]
+    assert found == [
+        ("learning_rate-1e-05.lora_r-8", 1e-5, 2, None),
+        ("learning_rate-2e-05.lora_r-8", 2e-5, 2, None),
+        ("n_epochs-5", 1e-5, 5, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        (b"sweep:\n  grid: {learning_rate: [-1]}\n", "sweep variant learning_rate--1: finetune.learning_rate"),
+        (b"sweep:\n  grid: {bogus: [1]}\n", "finetune.bogus: Extra inputs are not permitted"),
+        (b"sweep:\n  grid: {suffix: [a, b]}\n", "sweep cannot vary suffix"),
+        (b"sweep:\n  variants: [{n_epochs: 1}, {n_epochs: 1}]\n", "the same variant twice"),
+        (b"sweep: {max_parallel: 2}\n", "between 1 and 64 variants"),
+    ],
+)
+def test_sweep_problems_are_named(sweep: bytes, message: str) -> None:
+    """A sweep that cannot run is rejected at intake with the variant and key at fault."""
+    with pytest.raises(SpecError, match=message):
+        parse_spec(SWEEP_BASE + sweep)
+
+
+def test_sweep_needs_a_finetune_section() -> None:
+    """Without a finetune section there is nothing to vary."""
+    with pytest.raises(SpecError, match="sweep needs a finetune section"):
+        parse_spec(b"name: sw\ndataset: {source: x}\nsweep:\n  grid: {n_epochs: [1, 2]}\n")

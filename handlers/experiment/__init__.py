@@ -1,0 +1,1 @@
+"""Experiments across runs: comparing variants of a sweep or any finished jobs."""
