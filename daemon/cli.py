@@ -54,6 +54,17 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", parents=[spool], help="cancel a job (and its remote fine-tune)")
     cancel.add_argument("job", help="a job id, or its start when only one job matches")
 
+    again = commands.add_parser("again", parents=[spool], help="submit the next run of a job, with changes")
+    again.add_argument("job", help="the earlier job (an id, or its start)")
+    again.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. finetune.learning_rate=2e-5")
+    again.add_argument("--name", help="the new job's name (default: the old name with the next run number)")
+    again.add_argument(
+        "--continue", dest="resume", action="store_true", help="train on from the earlier job's fine-tune"
+    )
+    compare = commands.add_parser("compare", parents=[spool], help="write a comparison report of jobs")
+    compare.add_argument("jobs", nargs="+", help="two or more jobs (ids, or their starts)")
+    compare.add_argument("--out", type=Path, help="folder for the report (default outbox/compare-<hash>)")
+
     score = commands.add_parser("score", help="score predictions with the official CoQA scorer's semantics")
     score.add_argument("--data", type=Path, required=True, help="CoQA data file (original json format)")
     score.add_argument("--pred", type=Path, required=True, help="predictions: a JSON list of {id, turn_id, answer}")
@@ -115,6 +126,10 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.command == "sandbox":
         return cmd_sandbox(args)
     settings = settings_from(args, env)
+    if args.command in ("again", "compare"):
+        from daemon import experiment
+
+        return {"again": experiment.main_again, "compare": experiment.main_compare}[args.command](settings, args)
     commands = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "check": cmd_check, "cancel": cmd_cancel}
     return commands[args.command](args, settings)
 

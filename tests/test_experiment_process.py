@@ -1,0 +1,72 @@
+"""The iteration commands as a user runs them: `finetuned again` derives and submits the next run, `finetuned
+compare` puts finished jobs side by side; the daemon as a subprocess against the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon.sandbox import SandboxHandle, start_sandbox
+from tests.process import daemon_env, run_cli, run_daemon, spec_text, statuses, write_coqa
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    (tmp_path / "inbox").mkdir()
+    write_coqa(tmp_path / "data", n_train=6, n_validation=3)
+    return tmp_path
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxHandle]:
+    handle = await start_sandbox(speed=2000.0, retry_after_s=0.05)
+    yield handle
+    await handle.close()
+
+
+def drop(spool: Path, name: str, text: str) -> None:
+    tmp = spool / "inbox" / f".{name}.yaml.tmp"
+    tmp.write_text(text)
+    os.rename(tmp, spool / "inbox" / f"{name}.yaml")
+
+
+def spool_args(spool: Path) -> list[str]:
+    return ["--inbox", str(spool / "inbox"), "--outbox", str(spool / "outbox"), "--state-dir", str(spool / "state")]
+
+
+async def test_again_derives_the_next_run_and_compare_reports_both(spool: Path, sandbox: SandboxHandle) -> None:
+    """again --set changes one value under a new name; compare shows that value for both jobs with their scores."""
+    env = daemon_env(spool, sandbox.base_url)
+    drop(spool, "iter", spec_text("iter", spool / "data", evaluate=True))
+    assert (await run_daemon(env))[0] == 0
+    (first,) = statuses(spool)
+    code, out, err = await run_cli(env, "again", first, "--set", "finetune.learning_rate=3e-5", *spool_args(spool))
+    assert code == 0, err
+    (derived,) = (spool / "inbox").glob("*.yaml")
+    data = yaml.safe_load(derived.read_text())
+    assert (data["name"], data["finetune"]["learning_rate"]) == ("iter-2", 3e-5)
+    assert (await run_daemon(env))[0] == 0
+    second = next(job for job in statuses(spool) if job.startswith("iter-2-"))
+    assert statuses(spool)[second]["status"] == "completed"
+    code, out, err = await run_cli(env, "compare", first, second, *spool_args(spool))
+    assert code == 0, err
+    report_path = Path(out.split("wrote ", 1)[1].strip())
+    report = await asyncio.to_thread(report_path.read_text)
+    assert "| run | learning_rate | status |" in report
+    assert "1e-05" in report and "3e-05" in report and "Best by F1" in report
+
+
+async def test_again_refuses_a_change_that_makes_the_spec_invalid(spool: Path, sandbox: SandboxHandle) -> None:
+    """A --set value the spec rejects: exit 1 naming the key, nothing delivered to the inbox."""
+    env = daemon_env(spool, sandbox.base_url)
+    drop(spool, "bad", spec_text("bad", spool / "data"))
+    assert (await run_daemon(env))[0] == 0
+    (job,) = statuses(spool)
+    code, _, err = await run_cli(env, "again", job, "--set", "finetune.n_epochs=-1", *spool_args(spool))
+    assert code == 1 and "finetune.n_epochs" in err
+    assert not list((spool / "inbox").iterdir())
