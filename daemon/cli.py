@@ -54,16 +54,7 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", parents=[spool], help="cancel a job (and its remote fine-tune)")
     cancel.add_argument("job", help="a job id, or its start when only one job matches")
 
-    again = commands.add_parser("again", parents=[spool], help="submit the next run of a job, with changes")
-    again.add_argument("job", help="the earlier job (an id, or its start)")
-    again.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. finetune.learning_rate=2e-5")
-    again.add_argument("--name", help="the new job's name (default: the old name with the next run number)")
-    again.add_argument(
-        "--continue", dest="resume", action="store_true", help="train on from the earlier job's fine-tune"
-    )
-    compare = commands.add_parser("compare", parents=[spool], help="write a comparison report of jobs")
-    compare.add_argument("jobs", nargs="+", help="two or more jobs (ids, or their starts)")
-    compare.add_argument("--out", type=Path, help="folder for the report (default outbox/compare-<hash>)")
+    _experiment_commands(commands, spool)
 
     score = commands.add_parser("score", help="score predictions with the official CoQA scorer's semantics")
     score.add_argument("--data", type=Path, required=True, help="CoQA data file (original json format)")
@@ -75,6 +66,20 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
 
         add_arguments(sandbox)
     return parser
+
+
+def _experiment_commands(commands: Any, spool: argparse.ArgumentParser) -> None:
+    """`again` and `compare`: the experiment loop (daemon/experiment.py)."""
+    again = commands.add_parser("again", parents=[spool], help="submit the next run of a job, with changes")
+    again.add_argument("job", help="the earlier job (an id, or its start)")
+    again.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. finetune.learning_rate=2e-5")
+    again.add_argument("--name", help="the new job's name (default: the old name with the next run number)")
+    again.add_argument(
+        "--continue", dest="resume", action="store_true", help="train on from the earlier job's fine-tune"
+    )
+    compare = commands.add_parser("compare", parents=[spool], help="write a comparison report of jobs")
+    compare.add_argument("jobs", nargs="+", help="two or more jobs (ids, or their starts)")
+    compare.add_argument("--out", type=Path, help="folder for the report (default outbox/compare-<hash>)")
 
 
 def _spool_flags() -> argparse.ArgumentParser:
