@@ -27,6 +27,7 @@ from daemon.errors import BadInput, DatasetError, FinetunedError, Paused, Remote
 from daemon.logs import Redactor
 from daemon.remote.api import FineTuneRequest, PriceEstimate, RemoteFile, RemoteJob
 from daemon.remote.classify import classify
+from daemon.remote.contract import checkpoint_rows, complete_limits, metric_rows, price_estimate
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -147,16 +148,19 @@ class TogetherAPI:
         return digest.hexdigest()
 
     # -- fine-tunes -------------------------------------------------------------------------------------------
-    async def _model_limits(self, model: str) -> FinetuneModelLimits:
+    async def _model_limits(self, request: FineTuneRequest) -> FinetuneModelLimits:
+        """The model's limits (cached per model), completed where the contract promises less than the SDK reads."""
+        model = request.model
         if model not in self._limits:
             self._limits[model] = await self._call(
                 "model limits", lambda: self._client.fine_tuning.model_limits(model_name=model)
             )
-        return self._limits[model]
+        raw = complete_limits(self._limits[model].to_dict(mode="json"), max_seq_length=request.max_seq_length)
+        return FinetuneModelLimits.construct(**raw)
 
     async def estimate_price(self, request: FineTuneRequest) -> PriceEstimate:
         """Limits (cached per model) then estimate-price, with the exact training type/method create will send."""
-        limits = await self._model_limits(request.model)
+        limits = await self._model_limits(request)
         try:
             _, training_type, training_method = create_finetune_request(model_limits=limits, **request.sdk_kwargs())
         except ValueError as exc:
@@ -173,11 +177,11 @@ class TogetherAPI:
                 training_method=training_method,
             ),
         )
-        return _price(estimate.to_dict())
+        return price_estimate(estimate.to_dict())
 
     async def create(self, request: FineTuneRequest) -> RemoteJob:
         """Create the job (the SDK re-estimates, then POSTs once; nothing here retries it)."""
-        limits = await self._model_limits(request.model)
+        limits = await self._model_limits(request)
         kwargs = request.sdk_kwargs()
         kwargs["wandb_api_key"] = self._wandb_key(request.wandb_api_key_env)
         try:
@@ -213,6 +217,21 @@ class TogetherAPI:
         listed = await self._call("list events", lambda: self._client.fine_tuning.list_events(job_id))
         return [event.to_dict(mode="json", warnings=False) for event in listed.data]
 
+    async def metrics(self, job_id: str) -> list[dict[str, float]] | None:
+        """The job's recorded training metrics, oldest first; None when Together does not offer them (404/405)."""
+        try:
+            answer = await self._call("list metrics", lambda: self._client.fine_tuning.list_metrics(job_id))
+        except RemoteRejected as exc:
+            if exc.http_status in (404, 405, 501):
+                return None
+            raise
+        return metric_rows(answer.to_dict(mode="json", warnings=False))
+
+    async def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's saved checkpoints (step, path, created_at, checkpoint_type); [] when none are listed."""
+        answer = await self._call("list checkpoints", lambda: self._client.fine_tuning.list_checkpoints(job_id))
+        return checkpoint_rows(answer.to_dict(mode="json", warnings=False))
+
     async def cancel(self, job_id: str) -> RemoteJob:
         """Ask Together to cancel the job."""
         return _job(await self._call("cancel fine-tune", lambda: self._client.fine_tuning.cancel(job_id)))
@@ -232,22 +251,3 @@ def _job(job: Any) -> RemoteJob:
     return RemoteJob.from_json(
         job.to_dict(mode="json", warnings=False)
     )  # the API may send types the SDK did not expect
-
-
-def _price(raw: dict[str, Any]) -> PriceEstimate:
-    if not raw.get("estimation_available"):
-        return PriceEstimate(available=False, unavailable_reason=str(raw.get("unavailable_reason") or "unknown"))
-
-    def number(key: str) -> float | None:
-        value = raw.get(key)
-        return float(value) if isinstance(value, int | float) else None
-
-    train, evals = number("estimated_train_token_count"), number("estimated_eval_token_count")
-    return PriceEstimate(
-        available=True,
-        total_usd=number("estimated_total_price"),
-        train_tokens=int(train) if train is not None else None,
-        eval_tokens=int(evals) if evals is not None else None,
-        allowed_to_proceed=raw.get("allowed_to_proceed"),
-        user_limit_usd=number("user_limit"),
-    )

@@ -90,13 +90,15 @@ async def clear_faults(request: web.Request) -> web.Response:
 
 @routes.post("/_sandbox/job-outcomes")
 async def job_outcome(request: web.Request) -> web.Response:
-    """Make the next `count` jobs (or job `job_id`) end in error/user_error/cancelled at fraction `at` of training."""
+    """Make the next `count` jobs (or job `job_id`) end in error/user_error/cancelled at fraction `at` of training
+    (the failure event at `level`, default error; `restarted` adds a job_restarted notice after it)."""
     body = await _body(request)
     sb = request.app[SANDBOX]
     if not isinstance(body, dict) or body.get("outcome") not in OUTCOME_STATUSES:
         return _bad(f"outcome must be one of {sorted(OUTCOME_STATUSES)}")
     message = str(body.get("message") or f"The job ended in {body['outcome']} (scripted by the sandbox)")
-    outcome = Outcome(body["outcome"], message, at=float(body.get("at", 0.5)))
+    level, restarted = str(body.get("level") or "error"), bool(body.get("restarted", False))
+    outcome = Outcome(body["outcome"], message, at=float(body.get("at", 0.5)), level=level, restarted=restarted)
     job_id = body.get("job_id")
     if job_id is not None:
         job = sb.jobs.get(str(job_id))

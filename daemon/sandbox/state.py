@@ -65,6 +65,7 @@ class Sandbox:
     flavour: str = "together"
     context_tokens: int = 0
     serverless_lora: tuple[str, ...] = DEFAULT_SERVERLESS_LORA
+    lean: bool = False  # answer only the fields the contract declares (lean.py)
     serving: ChatServing = field(default_factory=ChatServing)
     limiter: RateLimiter = field(default_factory=RateLimiter)
     clock: Callable[[], float] = time.time
