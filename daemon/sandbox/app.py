@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from daemon.sandbox import admin, outages, routes_batches, routes_chat, routes_files, routes_jobs
+from daemon.sandbox import admin, outages, routes_batches, routes_chat, routes_endpoints, routes_files, routes_jobs
 from daemon.sandbox.faults import Fault, error_response, fault_response
 from daemon.sandbox.lean import lean_answer
 from daemon.sandbox.listener import LISTENER, Listener
@@ -104,7 +104,7 @@ def make_app(sb: Sandbox, listener: Listener) -> web.Application:
     app = web.Application(middlewares=[sandbox_middleware], client_max_size=MAX_UPLOAD_BYTES)
     app[SANDBOX] = sb
     app[LISTENER] = listener
-    tables = (routes_files, routes_jobs, routes_chat, routes_batches, admin, outages)
+    tables = (routes_files, routes_jobs, routes_chat, routes_batches, routes_endpoints, admin, outages)
     for module in tables:
         app.router.add_routes(module.routes)
     return app
