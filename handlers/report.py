@@ -120,6 +120,8 @@ def price_notes(inputs: StepInputs) -> list[str]:
     total = inputs.get("poll", {}).get("total_price_usd")
     if isinstance(total, int | float):
         notes.append(f"Price charged for the fine-tune: {usd(total)}.")
+    if isinstance(serving := inputs.get("release", {}).get("note"), str):
+        notes.append(serving)  # the dedicated endpoint's minutes and cost (handlers/serving.py)
     return notes
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from daemon.jobs.steps import Step
 from daemon.spec import JobSpec
-from handlers import create, evaluate, poll, prepare, report, upload, validate
+from handlers import create, evaluate, poll, prepare, report, serve, upload, validate
 
 
 def _always(_spec: JobSpec) -> bool:
@@ -29,6 +29,8 @@ STEPS: tuple[Step, ...] = (
     Step("upload", upload.run, _finetunes, remote=True, needs_together=True),
     Step("create", create.run, _finetunes, remote=True, needs_together=True, cleanup=create.cleanup),
     Step("poll", poll.run, _finetunes, remote=True, needs_together=True),
+    Step("serve", serve.run, serve.applies, remote=True, needs_together=True, cleanup=serve.cleanup),
     Step("evaluate", evaluate.run, _evaluates, remote=True),
+    Step("release", serve.release, serve.applies, remote=True, needs_together=True),
     Step("report", report.run, _reports),
 )

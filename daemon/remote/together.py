@@ -25,9 +25,18 @@ from together.types.finetune_model_limits import FinetuneModelLimits
 from daemon.config import Settings
 from daemon.errors import BadInput, DatasetError, FinetunedError, Paused, RemoteRejected, TransientError
 from daemon.logs import Redactor
-from daemon.remote.api import FineTuneRequest, PriceEstimate, RemoteFile, RemoteJob
+from daemon.remote.api import (
+    EndpointRequest,
+    FineTuneRequest,
+    HardwareOption,
+    PriceEstimate,
+    RemoteEndpoint,
+    RemoteFile,
+    RemoteJob,
+)
 from daemon.remote.classify import classify
 from daemon.remote.contract import checkpoint_rows, complete_limits, metric_rows, price_estimate
+from daemon.remote.endpoints import EndpointWire, is_not_serverless
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -76,6 +85,7 @@ class TogetherAPI:
         self._secrets = dict(secrets) if secrets is not None else dict(settings.named_secrets)
         self._redactor = redactor if redactor is not None else Redactor(settings.secrets())
         self._limits: dict[str, FinetuneModelLimits] = {}
+        self._endpoints = EndpointWire(self._client, self._call)
         self._uploaded: dict[str, RemoteFile] = {}
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
@@ -235,6 +245,48 @@ class TogetherAPI:
     async def cancel(self, job_id: str) -> RemoteJob:
         """Ask Together to cancel the job."""
         return _job(await self._call("cancel fine-tune", lambda: self._client.fine_tuning.cancel(job_id)))
+
+    # -- serving ----------------------------------------------------------------------------------------------
+    async def serves_serverless(self, model: str) -> bool:
+        """Whether Together serves `model` serverless: listed by `GET /v1/models`, or answering a one-token chat
+        request (a "non-serverless" / dedicated-endpoint refusal means it is not)."""
+        if model in await self._endpoints.model_ids():
+            return True
+        messages: list[Any] = [{"role": "user", "content": "ping"}]
+        try:
+            await self._call(
+                "probe model",
+                lambda: self._client.chat.completions.create(model=model, messages=messages, max_tokens=1),
+            )
+        except RemoteRejected as exc:
+            if is_not_serverless(exc):
+                return False
+            raise
+        return True
+
+    async def hardware(self, model: str) -> list[HardwareOption]:
+        """The hardware configurations compatible with `model`, priced."""
+        return await self._endpoints.hardware(model)
+
+    async def create_endpoint(self, request: EndpointRequest) -> RemoteEndpoint:
+        """Create and start a dedicated endpoint (sent once: the caller journals and adopts, never re-sends)."""
+        return await self._endpoints.create(request)
+
+    async def get_endpoint(self, endpoint_id: str) -> RemoteEndpoint | None:
+        """The endpoint, or None once it is gone."""
+        return await self._endpoints.get(endpoint_id)
+
+    async def find_endpoints(self, tag: str) -> list[RemoteEndpoint]:
+        """The dedicated endpoints whose display name contains `tag`."""
+        return await self._endpoints.find(tag)
+
+    async def stop_endpoint(self, endpoint_id: str) -> None:
+        """Stop it (billing ends)."""
+        await self._endpoints.stop(endpoint_id)
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        """Delete it (a 404 counts as deleted)."""
+        await self._endpoints.delete(endpoint_id)
 
     async def probe(self) -> None:
         """A cheap authenticated call; raises Paused while the key or the account is still refused."""
