@@ -24,6 +24,7 @@ from daemon.errors import StartupError
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
+from daemon.jobs.sweep import sweep_endpoints
 from daemon.logs import JobLogs
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
@@ -122,6 +123,8 @@ class Service:
         )
         intake = Intake(self.settings, self.runner)
         self._install_signals()
+        if self.remote is not None:  # endpoints of ended jobs whose cleanup did not finish (handlers/serving.py)
+            await sweep_endpoints(store, self.remote, timeout_s=3 * self.settings.request_timeout_s)
         resumed = await intake.recover()
         self.notifier.send("READY=1", f"STATUS=ready; {len(resumed)} job(s) resumed")
         log.info("daemon_ready", inbox=str(self.settings.inbox), outbox=str(self.settings.outbox), once=self.once)

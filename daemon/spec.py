@@ -107,6 +107,15 @@ class EvaluateSpec(_Strict):
     request_timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: PositiveInt = 6
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    # Where the fine-tuned model is served: `auto` asks Together (serverless when it serves the model, otherwise
+    # a dedicated endpoint for the evaluation); the other keys apply to a dedicated endpoint.
+    serve: Literal["auto", "serverless", "dedicated"] = "auto"
+    hardware: str | None = None  # default: the cheapest available configuration compatible with the model
+    replicas: PositiveInt = 1
+    inactive_timeout_min: int | None = Field(default=None, ge=0)  # Together stops an idle endpoint after this
+    max_endpoint_usd: float | None = Field(default=None, gt=0)  # refuse above it, stop the endpoint on reaching it
+    expected_eval_min: float | None = Field(default=None, gt=0)  # the endpoint's expected run (default: estimated)
+    endpoint_start_timeout_min: float = Field(default=30.0, gt=0)  # give up waiting for STARTED after this
 
 
 # Keys a sweep may not vary: they name or bound the whole sweep, not one variant.

@@ -193,7 +193,8 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     if not eval_file:
         raise DatasetError("nothing to evaluate: the prepare step wrote no eval file (see dataset.eval_split)")
     stories = await asyncio.to_thread(load_eval_file, Path(eval_file), evaluate.limit)
-    targets = resolve_targets(ctx, evaluate, inputs.get("poll", {}).get("model"))
+    served = inputs.get("serve", {}).get("model")  # a dedicated endpoint's name when the model needs one
+    targets = resolve_targets(ctx, evaluate, served or inputs.get("poll", {}).get("model"))
     turns_per_model = sum(len(story.turns) for story in stories)
     tracker = Tracker(ctx, {target.alias: turns_per_model for target in targets})
     async with ChatClient(

@@ -8,15 +8,19 @@ changes), honours Retry-After, retries transient errors itself, and gives up at 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
 import structlog
 
-from daemon.errors import RemoteJobFailed, RemoteRejected, TransientError
+from daemon.errors import FinetunedError, RemoteJobFailed, RemoteRejected, TransientError
 from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import from_nanodollars
 from daemon.remote.api import FAILED_STATUSES, TERMINAL_STATUSES, FineTuneAPI, RemoteJob, RemoteStatus
-from daemon.remote.backoff import Backoff
+from daemon.remote.backoff import Backoff, retry
+from daemon.spool.files import atomic_write_bytes
+from handlers.training.curve import CHECKPOINTS_FILE, TRAINING_METRICS_FILE, curve_from_metrics
 from handlers.training.events import EVENTS_FILE, EventLog
 
 log = structlog.get_logger()
@@ -91,6 +95,34 @@ def _deadline_error(ctx: JobContext, fine_tune_id: str, status: str | None) -> R
     )
 
 
+async def _write_json(path: Any, value: Any) -> None:
+    data = json.dumps(value, ensure_ascii=False, indent=1).encode()
+    await asyncio.to_thread(atomic_write_bytes, path, data)
+
+
+async def _save_training_record(ctx: JobContext, fine_tune_id: str) -> dict[str, Any]:
+    """Save the metrics (the curve's first source) and checkpoints of the finished job; a failure here only loses
+    them (the curve then comes from the events). Returns what the step's output says about them."""
+    remote, policy = ctx.fine_tuning(), ctx.settings.retry_policy
+    found: dict[str, Any] = {"metrics_rows": None, "checkpoints": None, "final_loss_from_metrics": None}
+    try:
+        rows = await retry(lambda: remote.metrics(fine_tune_id), policy=policy, what="list metrics")
+        if rows is not None:
+            await _write_json(ctx.out_dir / TRAINING_METRICS_FILE, {"fine_tune_id": fine_tune_id, "metrics": rows})
+            curve = curve_from_metrics(rows)
+            found["metrics_rows"] = len(rows)
+            found["final_loss_from_metrics"] = curve.train[-1][1] if curve.train else None
+    except FinetunedError as exc:
+        log.warning("training_metrics_unavailable", fine_tune_id=fine_tune_id, error=str(exc))
+    try:
+        checkpoints = await retry(lambda: remote.checkpoints(fine_tune_id), policy=policy, what="list checkpoints")
+        await _write_json(ctx.out_dir / CHECKPOINTS_FILE, {"fine_tune_id": fine_tune_id, "checkpoints": checkpoints})
+        found["checkpoints"] = len(checkpoints)
+    except FinetunedError as exc:
+        log.warning("checkpoints_unavailable", fine_tune_id=fine_tune_id, error=str(exc))
+    return found
+
+
 async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     """Poll `create.fine_tune_id` to the end; output the fine-tuned model name, or raise RemoteJobFailed."""
     fine_tune_id = str(inputs["create"]["fine_tune_id"])
@@ -106,12 +138,17 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         raise RemoteRejected(f"Together fine-tune {fine_tune_id} completed without a model_output_name")
     await ctx.journal.record(JournalKey.MODEL, model)
     log.info("fine_tune_completed", fine_tune_id=fine_tune_id, model=model, events=len(events.events))
+    record = await _save_training_record(ctx, fine_tune_id)
+    metrics_loss = record.pop("final_loss_from_metrics")
     return {
         "fine_tune_id": fine_tune_id,
         "status": status.value,
         "model": model,
         "events_file": EVENTS_FILE,
         "events": len(events.events),
-        "final_loss": events.last_loss(),
+        "final_loss": metrics_loss if metrics_loss is not None else events.last_loss(),
         "total_price_usd": from_nanodollars(job.raw.get("total_price")),
+        "training_metrics_file": TRAINING_METRICS_FILE if record["metrics_rows"] is not None else None,
+        "checkpoints_file": CHECKPOINTS_FILE if record["checkpoints"] is not None else None,
+        **record,
     }

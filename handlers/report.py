@@ -19,7 +19,8 @@ import structlog
 from daemon.jobs.context import REMOTE_ID_KEYS, JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
 from daemon.spool.files import atomic_write_bytes
-from handlers.training.events import EVENTS_FILE, LossCurve, loss_curve, read_events
+from handlers.training.curve import checkpoint_note, read_checkpoints, training_curve
+from handlers.training.events import LossCurve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -119,6 +120,8 @@ def price_notes(inputs: StepInputs) -> list[str]:
     total = inputs.get("poll", {}).get("total_price_usd")
     if isinstance(total, int | float):
         notes.append(f"Price charged for the fine-tune: {usd(total)}.")
+    if isinstance(serving := inputs.get("release", {}).get("note"), str):
+        notes.append(serving)  # the dedicated endpoint's minutes and cost (handlers/serving.py)
     return notes
 
 
@@ -136,8 +139,10 @@ def gather(ctx: JobContext, inputs: StepInputs) -> ReportData:
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else None
     ids = remote_ids(ctx, inputs)
     data = ReportData(ctx.job_id, ctx.spec.name, _simulated(inputs, metrics, ids), ids, metrics, LossCurve())
-    data.curve = loss_curve(read_events(ctx.out_dir / EVENTS_FILE))
+    data.curve, _source = training_curve(ctx.out_dir)
     data.notes = price_notes(inputs)
+    if (checkpoints := checkpoint_note(read_checkpoints(ctx.out_dir))) is not None:
+        data.notes.append(checkpoints)
     if data.curve.train:
         data.charts["loss.png"] = loss_chart(data.curve)
     if metrics and metrics.get("models"):

@@ -1,7 +1,7 @@
 """Step `sweep`: several fine-tunes of the data the steps before it prepared, validated and uploaded once.
 
-Each variant (`spec.sweep`: a grid and/or a list of finetune values) runs the usual create → poll → evaluate →
-report under its own folder `variants/<name>/`, with its own journal (so its fine-tune is created exactly once and
+Each variant (`spec.sweep`: a grid and/or a list of finetune values) runs the usual create → poll → serve →
+evaluate → release → report under its own folder `variants/<name>/`, with its own journal (so its fine-tune is created exactly once and
 adopted after a crash, like a job's) and its steps checkpointed in it. Before anything is created the estimates of
 all variants are summed against `sweep.max_price_usd`. The base model is evaluated once, into `base/`, and every
 variant reads those answers. One variant failing does not stop the others. The step writes `sweep.json` and the
@@ -22,7 +22,7 @@ from daemon.errors import FinetunedError, Paused, RemoteRejected
 from daemon.jobs.context import JobContext, StepInputs, StepOutput
 from daemon.money import usd
 from daemon.spool.files import atomic_write_json
-from handlers import create, evaluate, poll, report
+from handlers import create, evaluate, poll, report, serve
 from handlers.experiment.compare import Row, row_from_folder, write_comparison
 
 log = structlog.get_logger()
@@ -105,19 +105,30 @@ async def run_variant(variant: Variant, shared: StepInputs, base_done: asyncio.E
             await _checkpointed(ctx, "create", create.run, inputs)
             await ctx.progress(status="training", fine_tune_id=inputs["create"]["fine_tune_id"])
             await _checkpointed(ctx, "poll", poll.run, inputs)
-            if ctx.spec.evaluate is not None:
-                await base_done.wait()
-                await _checkpointed(ctx, "evaluate", evaluate.run, inputs)
+            await _evaluated(ctx, inputs, base_done)
             await _checkpointed(ctx, "report", report.run, inputs)
         except Paused:
             raise
         except FinetunedError as exc:
             log.warning("variant_failed", variant=variant.name, error=str(exc), error_type=type(exc).__name__)
+            await serve.cleanup(ctx, "failed")  # no endpoint outlives its variant
             await ctx.journal.record("error", json.dumps({"type": type(exc).__name__, "message": str(exc)}))
             await ctx.journal.record("outcome", "failed")
             return
     await ctx.journal.record("outcome", "completed")
     await ctx.progress(status="completed")
+
+
+async def _evaluated(ctx: JobContext, inputs: dict[str, StepOutput], base_done: asyncio.Event) -> None:
+    """serve (a dedicated endpoint when the fine-tune needs one) → evaluate → release, as in a job's pipeline."""
+    if ctx.spec.evaluate is None:
+        return
+    await base_done.wait()
+    if serve.applies(ctx.spec):
+        await _checkpointed(ctx, "serve", serve.run, inputs)
+    await _checkpointed(ctx, "evaluate", evaluate.run, inputs)
+    if serve.applies(ctx.spec):
+        await _checkpointed(ctx, "release", serve.release, inputs)
 
 
 async def evaluate_base(ctx: JobContext, shared: StepInputs, base_done: asyncio.Event) -> None:
@@ -175,8 +186,9 @@ def _publish(ctx: JobContext, rows: list[Row], swept: list[str]) -> dict[str, An
 
 
 async def cleanup(ctx: JobContext, outcome: str) -> None:
-    """When the sweep is cancelled, cancel every variant's running fine-tune too."""
+    """At any end of the sweep, every variant's endpoint is deleted; when cancelled, its fine-tune cancelled too."""
     if ctx.spec.sweep is None:
         return
     for variant in variants(ctx):
+        await serve.cleanup(variant.ctx, outcome)
         await create.cleanup(variant.ctx, outcome)

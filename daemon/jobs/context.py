@@ -33,10 +33,22 @@ class JournalKey(enum.StrEnum):
     FINE_TUNE_ID = "fine_tune_id"
     POLL_DEADLINE = "poll.deadline_at"  # epoch seconds after which polling gives up
     MODEL = "model"  # the fine-tuned model's name, once the fine-tune completed
+    ENDPOINT_INTENT = "serve.intent"  # the tag in the endpoint's display_name, before creating it
+    ENDPOINT_ID = "endpoint_id"
+    ENDPOINT_PRICE = "serve.usd_per_minute"  # all replicas, journaled with the id
+    ENDPOINT_CREATED_AT = "serve.created_at"  # epoch seconds: billing starts then
+    ENDPOINT_DEADLINE = "serve.deadline_at"  # epoch seconds after which waiting for STARTED gives up
+    ENDPOINT_RELEASED = "serve.released"  # JSON {minutes, cost_usd, ...} once the endpoint is deleted
 
 
 # The remote ids a person looks for, in this order (the intents and deadlines are the daemon's own notes).
-REMOTE_ID_KEYS = (JournalKey.FILE_ID, JournalKey.VALIDATION_FILE_ID, JournalKey.FINE_TUNE_ID, JournalKey.MODEL)
+REMOTE_ID_KEYS = (
+    JournalKey.FILE_ID,
+    JournalKey.VALIDATION_FILE_ID,
+    JournalKey.FINE_TUNE_ID,
+    JournalKey.MODEL,
+    JournalKey.ENDPOINT_ID,
+)
 
 
 def remote_ids(journal: Mapping[str, str]) -> dict[str, str]:

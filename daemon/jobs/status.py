@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, Protocol
 
 from daemon.jobs.context import remote_ids
@@ -40,6 +41,8 @@ def status_document(record: JobRecord, progress: dict[str, Any], pause_reason: s
     }
     if progress:
         document["progress"] = progress
+    if released := record.journal.get("serve.released"):
+        document["endpoint"] = json.loads(released)  # the dedicated endpoint's minutes and cost, once deleted
     if record.status is JobStatus.paused and pause_reason:
         document["paused"] = pause_reason
     if record.error:

@@ -82,6 +82,80 @@ class RemoteJob:
         return cls(str(raw["id"]), str(raw.get("status")), raw.get("model_output_name"), raw.get("suffix"), raw)
 
 
+class EndpointState(StrEnum):
+    """A dedicated endpoint's state (the contract's enum)."""
+
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """A dedicated endpoint: `id` manages it, `name` is the model name chat requests use while it is STARTED."""
+
+    id: str
+    name: str
+    state: str
+    display_name: str
+    model: str | None
+    hardware: str | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RemoteEndpoint:
+        """From the endpoint object (contract: id, name, state, ...); `name` falls back to the id."""
+        return cls(
+            id=str(raw["id"]),
+            name=str(raw.get("name") or raw["id"]),
+            state=str(raw.get("state") or "PENDING").upper(),
+            display_name=str(raw.get("display_name") or ""),
+            model=raw.get("model"),
+            hardware=raw.get("hardware"),
+            raw=raw,
+        )
+
+    @property
+    def reason(self) -> str:
+        """Together's words for an ERROR (an `error`/`message`/`status_message` field), else the state."""
+        error = self.raw.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        for key in ("error", "message", "status_message"):
+            if isinstance(self.raw.get(key), str) and self.raw[key]:
+                return str(self.raw[key])
+        return f"the endpoint is {self.state}"
+
+
+@dataclass(frozen=True)
+class HardwareOption:
+    """One hardware configuration an endpoint can run on, with its price per minute and availability."""
+
+    id: str
+    cents_per_minute: float
+    availability: str  # available | unavailable | insufficient (the contract's enum); "unknown" when not given
+    gpu_count: int | None = None
+
+    @property
+    def usd_per_minute(self) -> float:
+        """The price of one replica for one minute, in dollars."""
+        return self.cents_per_minute / 100
+
+
+@dataclass(frozen=True)
+class EndpointRequest:
+    """Everything a create-endpoint call sends."""
+
+    model: str
+    hardware: str
+    replicas: int
+    display_name: str
+    inactive_timeout_min: int | None = None
+
+
 @dataclass(frozen=True)
 class FineTuneRequest:
     """Every parameter of a create call; the W&B key is named by env var and resolved by the adapter."""
@@ -143,6 +217,15 @@ class FineTuneAPI(Protocol):
     async def find_job(self, tag: str) -> RemoteJob | None: ...
     async def retrieve(self, job_id: str) -> RemoteJob: ...
     async def events(self, job_id: str) -> list[dict[str, Any]]: ...
+    async def metrics(self, job_id: str) -> list[dict[str, float]] | None: ...
+    async def checkpoints(self, job_id: str) -> list[dict[str, Any]]: ...
     async def cancel(self, job_id: str) -> RemoteJob: ...
+    async def serves_serverless(self, model: str) -> bool: ...
+    async def hardware(self, model: str) -> list[HardwareOption]: ...
+    async def create_endpoint(self, request: EndpointRequest) -> RemoteEndpoint: ...
+    async def get_endpoint(self, endpoint_id: str) -> RemoteEndpoint | None: ...
+    async def find_endpoints(self, tag: str) -> list[RemoteEndpoint]: ...
+    async def stop_endpoint(self, endpoint_id: str) -> None: ...
+    async def delete_endpoint(self, endpoint_id: str) -> None: ...
     async def probe(self) -> None: ...
     async def close(self) -> None: ...

@@ -25,8 +25,18 @@ from together.types.finetune_model_limits import FinetuneModelLimits
 from daemon.config import Settings
 from daemon.errors import BadInput, DatasetError, FinetunedError, Paused, RemoteRejected, TransientError
 from daemon.logs import Redactor
-from daemon.remote.api import FineTuneRequest, PriceEstimate, RemoteFile, RemoteJob
+from daemon.remote.api import (
+    EndpointRequest,
+    FineTuneRequest,
+    HardwareOption,
+    PriceEstimate,
+    RemoteEndpoint,
+    RemoteFile,
+    RemoteJob,
+)
 from daemon.remote.classify import classify
+from daemon.remote.contract import checkpoint_rows, complete_limits, metric_rows, price_estimate
+from daemon.remote.endpoints import EndpointWire, is_not_serverless
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -75,6 +85,7 @@ class TogetherAPI:
         self._secrets = dict(secrets) if secrets is not None else dict(settings.named_secrets)
         self._redactor = redactor if redactor is not None else Redactor(settings.secrets())
         self._limits: dict[str, FinetuneModelLimits] = {}
+        self._endpoints = EndpointWire(self._client, self._call)
         self._uploaded: dict[str, RemoteFile] = {}
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
@@ -147,16 +158,19 @@ class TogetherAPI:
         return digest.hexdigest()
 
     # -- fine-tunes -------------------------------------------------------------------------------------------
-    async def _model_limits(self, model: str) -> FinetuneModelLimits:
+    async def _model_limits(self, request: FineTuneRequest) -> FinetuneModelLimits:
+        """The model's limits (cached per model), completed where the contract promises less than the SDK reads."""
+        model = request.model
         if model not in self._limits:
             self._limits[model] = await self._call(
                 "model limits", lambda: self._client.fine_tuning.model_limits(model_name=model)
             )
-        return self._limits[model]
+        raw = complete_limits(self._limits[model].to_dict(mode="json"), max_seq_length=request.max_seq_length)
+        return FinetuneModelLimits.construct(**raw)
 
     async def estimate_price(self, request: FineTuneRequest) -> PriceEstimate:
         """Limits (cached per model) then estimate-price, with the exact training type/method create will send."""
-        limits = await self._model_limits(request.model)
+        limits = await self._model_limits(request)
         try:
             _, training_type, training_method = create_finetune_request(model_limits=limits, **request.sdk_kwargs())
         except ValueError as exc:
@@ -173,11 +187,11 @@ class TogetherAPI:
                 training_method=training_method,
             ),
         )
-        return _price(estimate.to_dict())
+        return price_estimate(estimate.to_dict())
 
     async def create(self, request: FineTuneRequest) -> RemoteJob:
         """Create the job (the SDK re-estimates, then POSTs once; nothing here retries it)."""
-        limits = await self._model_limits(request.model)
+        limits = await self._model_limits(request)
         kwargs = request.sdk_kwargs()
         kwargs["wandb_api_key"] = self._wandb_key(request.wandb_api_key_env)
         try:
@@ -213,9 +227,66 @@ class TogetherAPI:
         listed = await self._call("list events", lambda: self._client.fine_tuning.list_events(job_id))
         return [event.to_dict(mode="json", warnings=False) for event in listed.data]
 
+    async def metrics(self, job_id: str) -> list[dict[str, float]] | None:
+        """The job's recorded training metrics, oldest first; None when Together does not offer them (404/405)."""
+        try:
+            answer = await self._call("list metrics", lambda: self._client.fine_tuning.list_metrics(job_id))
+        except RemoteRejected as exc:
+            if exc.http_status in (404, 405, 501):
+                return None
+            raise
+        return metric_rows(answer.to_dict(mode="json", warnings=False))
+
+    async def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's saved checkpoints (step, path, created_at, checkpoint_type); [] when none are listed."""
+        answer = await self._call("list checkpoints", lambda: self._client.fine_tuning.list_checkpoints(job_id))
+        return checkpoint_rows(answer.to_dict(mode="json", warnings=False))
+
     async def cancel(self, job_id: str) -> RemoteJob:
         """Ask Together to cancel the job."""
         return _job(await self._call("cancel fine-tune", lambda: self._client.fine_tuning.cancel(job_id)))
+
+    # -- serving ----------------------------------------------------------------------------------------------
+    async def serves_serverless(self, model: str) -> bool:
+        """Whether Together serves `model` serverless: listed by `GET /v1/models`, or answering a one-token chat
+        request (a "non-serverless" / dedicated-endpoint refusal means it is not)."""
+        if model in await self._endpoints.model_ids():
+            return True
+        messages: list[Any] = [{"role": "user", "content": "ping"}]
+        try:
+            await self._call(
+                "probe model",
+                lambda: self._client.chat.completions.create(model=model, messages=messages, max_tokens=1),
+            )
+        except RemoteRejected as exc:
+            if is_not_serverless(exc):
+                return False
+            raise
+        return True
+
+    async def hardware(self, model: str) -> list[HardwareOption]:
+        """The hardware configurations compatible with `model`, priced."""
+        return await self._endpoints.hardware(model)
+
+    async def create_endpoint(self, request: EndpointRequest) -> RemoteEndpoint:
+        """Create and start a dedicated endpoint (sent once: the caller journals and adopts, never re-sends)."""
+        return await self._endpoints.create(request)
+
+    async def get_endpoint(self, endpoint_id: str) -> RemoteEndpoint | None:
+        """The endpoint, or None once it is gone."""
+        return await self._endpoints.get(endpoint_id)
+
+    async def find_endpoints(self, tag: str) -> list[RemoteEndpoint]:
+        """The dedicated endpoints whose display name contains `tag`."""
+        return await self._endpoints.find(tag)
+
+    async def stop_endpoint(self, endpoint_id: str) -> None:
+        """Stop it (billing ends)."""
+        await self._endpoints.stop(endpoint_id)
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        """Delete it (a 404 counts as deleted)."""
+        await self._endpoints.delete(endpoint_id)
 
     async def probe(self) -> None:
         """A cheap authenticated call; raises Paused while the key or the account is still refused."""
@@ -232,22 +303,3 @@ def _job(job: Any) -> RemoteJob:
     return RemoteJob.from_json(
         job.to_dict(mode="json", warnings=False)
     )  # the API may send types the SDK did not expect
-
-
-def _price(raw: dict[str, Any]) -> PriceEstimate:
-    if not raw.get("estimation_available"):
-        return PriceEstimate(available=False, unavailable_reason=str(raw.get("unavailable_reason") or "unknown"))
-
-    def number(key: str) -> float | None:
-        value = raw.get(key)
-        return float(value) if isinstance(value, int | float) else None
-
-    train, evals = number("estimated_train_token_count"), number("estimated_eval_token_count")
-    return PriceEstimate(
-        available=True,
-        total_usd=number("estimated_total_price"),
-        train_tokens=int(train) if train is not None else None,
-        eval_tokens=int(evals) if evals is not None else None,
-        allowed_to_proceed=raw.get("allowed_to_proceed"),
-        user_limit_usd=number("user_limit"),
-    )

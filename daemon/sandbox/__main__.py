@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL[,MODEL]",
         help="base models whose LoRA fine-tunes are served serverless",
     )
+    parser.add_argument(
+        "--lean", action="store_true", help="answer only the fields Together's published contract declares"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +68,7 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
             rate_limit_rpm=args.rate_limit_rpm,
             rate_limit_tpm=args.rate_limit_tpm,
             serverless_lora=args.serverless_lora,
+            lean=args.lean,
         )
     )
     loop = asyncio.get_running_loop()

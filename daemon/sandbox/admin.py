@@ -9,6 +9,7 @@ from aiohttp import web
 from daemon.sandbox.faults import Fault
 from daemon.sandbox.knobs import apply_config, describe
 from daemon.sandbox.listener import LISTENER
+from daemon.sandbox.routes_endpoints import endpoint_stats
 from daemon.sandbox.sim import Outcome
 from daemon.sandbox.state import SANDBOX, PendingOutcome
 
@@ -49,8 +50,21 @@ async def stats(request: web.Request) -> web.Response:
                 "requests": sum(b.answered(now) for b in batches),
             },
             "outages": request.app[LISTENER].outages,
+            "endpoints": endpoint_stats(sb),
         }
     )
+
+
+@routes.post("/_sandbox/endpoint-failures")
+async def endpoint_failure(request: web.Request) -> web.Response:
+    """The next `count` endpoints created go to ERROR with `message` after `at_s` simulated seconds (default 60)."""
+    body = await _body(request)
+    if not isinstance(body, dict):
+        return _bad("expected {message, at_s, count}")
+    message = str(body.get("message") or "The endpoint failed to start (scripted by the sandbox)")
+    sb = request.app[SANDBOX]
+    sb.endpoint_failures += [(message, float(body.get("at_s", 60.0)))] * int(body.get("count", 1))
+    return web.json_response({"pending": len(sb.endpoint_failures)})
 
 
 @routes.post("/_sandbox/reset")
@@ -90,13 +104,15 @@ async def clear_faults(request: web.Request) -> web.Response:
 
 @routes.post("/_sandbox/job-outcomes")
 async def job_outcome(request: web.Request) -> web.Response:
-    """Make the next `count` jobs (or job `job_id`) end in error/user_error/cancelled at fraction `at` of training."""
+    """Make the next `count` jobs (or job `job_id`) end in error/user_error/cancelled at fraction `at` of training
+    (the failure event at `level`, default error; `restarted` adds a job_restarted notice after it)."""
     body = await _body(request)
     sb = request.app[SANDBOX]
     if not isinstance(body, dict) or body.get("outcome") not in OUTCOME_STATUSES:
         return _bad(f"outcome must be one of {sorted(OUTCOME_STATUSES)}")
     message = str(body.get("message") or f"The job ended in {body['outcome']} (scripted by the sandbox)")
-    outcome = Outcome(body["outcome"], message, at=float(body.get("at", 0.5)))
+    level, restarted = str(body.get("level") or "error"), bool(body.get("restarted", False))
+    outcome = Outcome(body["outcome"], message, at=float(body.get("at", 0.5)), level=level, restarted=restarted)
     job_id = body.get("job_id")
     if job_id is not None:
         job = sb.jobs.get(str(job_id))

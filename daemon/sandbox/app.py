@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from daemon.sandbox import admin, outages, routes_batches, routes_chat, routes_files, routes_jobs
+from daemon.sandbox import admin, outages, routes_batches, routes_chat, routes_endpoints, routes_files, routes_jobs
 from daemon.sandbox.faults import Fault, error_response, fault_response
+from daemon.sandbox.lean import lean_answer
 from daemon.sandbox.listener import LISTENER, Listener
 from daemon.sandbox.state import SANDBOX, Sandbox
 
@@ -45,11 +46,28 @@ async def sandbox_middleware(request: web.Request, handler: Handler) -> web.Stre
     sb.stats.requests[key] += 1
     if request.path.startswith("/v1/") and not _authorized(sb, request):
         return error_response(401, "Invalid API key provided.", code="invalid_api_key")
-    response = await _answer(request, handler)
+    response = _lean(sb, key, await _answer(request, handler))
     if fault is None:
         return response
     sb.stats.faults[key] += 1
     return await _misbehave(sb, request, fault, response)
+
+
+def _lean(sb: Sandbox, key: str, response: web.StreamResponse) -> web.StreamResponse:
+    """With the `lean` knob, a successful JSON answer keeps only the fields the contract declares (lean.py)."""
+    if not sb.lean or not isinstance(response, web.Response) or response.status >= 300:
+        return response
+    if response.content_type != "application/json" or not isinstance(response.body, bytes):
+        return response
+    pruned = lean_answer(key, json.loads(response.body))
+    if pruned is None:
+        return response
+    return web.json_response(pruned, status=response.status, headers=_extra_headers(response))
+
+
+def _extra_headers(response: web.Response) -> dict[str, str]:
+    skip = {"content-type", "content-length"}
+    return {k: v for k, v in response.headers.items() if k.lower() not in skip}
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -86,7 +104,7 @@ def make_app(sb: Sandbox, listener: Listener) -> web.Application:
     app = web.Application(middlewares=[sandbox_middleware], client_max_size=MAX_UPLOAD_BYTES)
     app[SANDBOX] = sb
     app[LISTENER] = listener
-    tables = (routes_files, routes_jobs, routes_chat, routes_batches, admin, outages)
+    tables = (routes_files, routes_jobs, routes_chat, routes_batches, routes_endpoints, admin, outages)
     for module in tables:
         app.router.add_routes(module.routes)
     return app

@@ -65,7 +65,7 @@ def plan_chat(sb: Sandbox, body: Any) -> ChatPlan:
     served = resolve_served_model(sb, body["model"])
     if isinstance(served, ChatError):
         return ChatPlan(prompt, error=served)
-    if not served.fine_tuned and "/" in served.name:
+    if not served.fine_tuned and "/" in served.name and sb.live_endpoint(served.name) is None:
         sb.seen_models.add(served.name)
     max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
     if overflows(sb.flavour, sb.context_tokens, prompt, max_tokens):

@@ -29,6 +29,7 @@ class SandboxKnobs(TypedDict, total=False):
     rate_limit_rpm: int
     rate_limit_tpm: int
     serverless_lora: str | Sequence[str]
+    lean: bool
 
 
 def build_sandbox(knobs: SandboxKnobs) -> Sandbox:
@@ -73,6 +74,7 @@ def describe(sb: Sandbox) -> dict[str, Any]:
         "rate_limit_rpm": sb.limiter.requests.limit_per_min,
         "rate_limit_tpm": sb.limiter.tokens.limit_per_min,
         "serverless_lora": list(sb.serverless_lora),
+        "lean": sb.lean,
     }
 
 
@@ -142,6 +144,12 @@ def _set_serverless(sb: Sandbox, value: Any) -> None:
     sb.serverless_lora = parse_models(value)
 
 
+def _set_lean(sb: Sandbox, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError("lean must be true or false")
+    sb.lean = value
+
+
 SETTERS: dict[str, Callable[[Sandbox, Any], None]] = {
     "speed": _set_speed,
     "latency_ms": _set_latency,
@@ -154,6 +162,7 @@ SETTERS: dict[str, Callable[[Sandbox, Any], None]] = {
     "rate_limit_rpm": _set_rpm,
     "rate_limit_tpm": _set_tpm,
     "serverless_lora": _set_serverless,
+    "lean": _set_lean,
 }
 DEFAULTS: dict[str, Any] = {
     "speed": DEFAULT_SPEED,
@@ -167,4 +176,5 @@ DEFAULTS: dict[str, Any] = {
     "rate_limit_rpm": 0,
     "rate_limit_tpm": 0,
     "serverless_lora": ",".join(DEFAULT_SERVERLESS_LORA),
+    "lean": False,
 }

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.sandbox.flavours import ChatError, together_error
 
 if TYPE_CHECKING:
+    from daemon.sandbox.endpoints import SandboxEndpoint
     from daemon.sandbox.sim import SandboxJob
     from daemon.sandbox.state import Sandbox
 
@@ -46,7 +47,10 @@ class ServedModel:
 def resolve_served_model(sb: Sandbox, model: str) -> ServedModel | ChatError:
     """What `model` in a chat request maps to. The one place that decides: a sandbox fine-tune's output name is
     served once its job completed, and only if it is served serverless (see serves_serverless); any other name is
-    a base model. A dedicated endpoint would be one more case here (its `name` while the endpoint is STARTED)."""
+    a base model. A dedicated endpoint's `name` is served (as its model) only while the endpoint is STARTED."""
+    endpoint = sb.live_endpoint(model)
+    if endpoint is not None:
+        return _on_endpoint(sb, endpoint)
     job = sb.completed_output(model)
     if job is None:
         return ServedModel(model, model, fine_tuned=False)
@@ -60,6 +64,17 @@ def resolve_served_model(sb: Sandbox, model: str) -> ServedModel | ChatError:
         )
         return together_error(400, message, type_="invalid_request_error", code="model_not_available")
     return ServedModel(model, str(job.request.get("model")), fine_tuned=True)
+
+
+def _on_endpoint(sb: Sandbox, endpoint: SandboxEndpoint) -> ServedModel | ChatError:
+    now = sb.clock()
+    if endpoint.state(now) != "STARTED":
+        message = f"The dedicated endpoint for {endpoint.model} is not running (state {endpoint.state(now)})."
+        return together_error(400, message, type_="invalid_request_error", code="dedicated_endpoint_not_running")
+    endpoint.last_used_s = now
+    job = sb.completed_output(endpoint.model)
+    base = str(job.request.get("model")) if job is not None else endpoint.model
+    return ServedModel(endpoint.name, base, fine_tuned=job is not None)
 
 
 def serves_serverless(sb: Sandbox, job: SandboxJob) -> bool:

@@ -6,11 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.sandbox import training
 from daemon.sandbox.faults import error_response
+from daemon.sandbox.models import DEFAULT_MODELS
 from daemon.sandbox.sim import (
     MAX_BATCH_SIZE,
     Outcome,
     SandboxJob,
+    iso,
     model_limits,
     output_name,
     plan_steps,
@@ -109,6 +112,12 @@ async def limits(request: web.Request) -> web.Response:
     return web.json_response(model_limits(name))
 
 
+@routes.get("/v1/fine-tunes/models/supported")
+async def supported_models(request: web.Request) -> web.Response:
+    """The base models offered for fine-tuning (the sandbox fine-tunes any `org/name`; these are its defaults)."""
+    return web.json_response({"models": list(DEFAULT_MODELS)})
+
+
 @routes.post("/v1/fine-tunes/estimate-price")
 async def estimate_price(request: web.Request) -> web.Response:
     """Estimated price in dollars from the files' token counts."""
@@ -184,7 +193,7 @@ async def retrieve(request: web.Request) -> web.Response:
 
 @routes.get("/v1/fine-tunes/{id}/events")
 async def events(request: web.Request) -> web.Response:
-    """The job's events so far (training_progress events carry the loss curve)."""
+    """The job's events so far (the loss appears only in the messages of epoch_complete events)."""
     job = _job_or_404(request)
     if isinstance(job, web.Response):
         return job
@@ -200,3 +209,46 @@ async def cancel(request: web.Request) -> web.Response:
     now = request.app[SANDBOX].clock()
     job.cancel(now)
     return web.json_response(job.to_json(now, full=False))
+
+
+def _row_step(row: dict[str, float]) -> float:
+    return row.get("train/global_step", row.get("eval/global_step", 0.0))
+
+
+def _step_bound(request: web.Request, key: str) -> int | None:
+    value = request.query.get(key)
+    return int(float(value)) if value not in (None, "") else None
+
+
+@routes.get("/v1/fine-tunes/{id}/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Training (and eval) metrics logged so far, by global step; `global_step_from`/`_to` filter them."""
+    job = _job_or_404(request)
+    if isinstance(job, web.Response):
+        return job
+    try:
+        low, high = _step_bound(request, "global_step_from"), _step_bound(request, "global_step_to")
+    except ValueError:
+        return error_response(400, "global_step_from and global_step_to must be integers", param="global_step_from")
+    rows = training.metrics(job, request.app[SANDBOX].clock())
+    kept = [r for r in rows if (low is None or _row_step(r) >= low) and (high is None or _row_step(r) <= high)]
+    return web.json_response({"metrics": kept})
+
+
+@routes.get("/v1/fine-tunes/{id}/checkpoints")
+async def checkpoints(request: web.Request) -> web.Response:
+    """The checkpoints saved so far (the final one once the job completed)."""
+    job = _job_or_404(request)
+    if isinstance(job, web.Response):
+        return job
+    return web.json_response({"data": training.checkpoints(job, request.app[SANDBOX].clock(), iso)})
+
+
+@routes.delete("/v1/fine-tunes/{id}")
+async def delete(request: web.Request) -> web.Response:
+    """Forget a job (its output model stops being served)."""
+    job = _job_or_404(request)
+    if isinstance(job, web.Response):
+        return job
+    del request.app[SANDBOX].jobs[job.id]
+    return web.json_response({"message": f"Fine-tune job {job.id} deleted"})

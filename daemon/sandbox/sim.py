@@ -155,6 +155,8 @@ class Outcome:
     status: str
     message: str
     at: float = 0.5
+    level: str = "error"  # the failure event's level: any of the contract's spellings (e.g. legacy_ierror)
+    restarted: bool = False  # a `job_restarted` notice follows the failure event (as Together sends)
 
 
 @dataclass
@@ -257,7 +259,6 @@ class SandboxJob:
         """The job object; `full` adds the events (retrieve), the truncated form is used by list/create/cancel."""
         status = self.status(now_s)
         steps = self.steps_completed(now_s)
-        done = status == "completed"
         req = self.request
         body: dict[str, Any] = {
             "id": self.id,
@@ -267,7 +268,7 @@ class SandboxJob:
             "updated_at": iso(now_s),
             "model": req.get("model"),
             "model_output_name": self.output_name,
-            "model_output_path": f"s3://sandbox-models/{self.id}" if done else None,
+            "model_output_path": f"s3://sandbox-models/{self.id}",
             "suffix": req.get("suffix"),
             "training_file": req.get("training_file"),
             "validation_file": req.get("validation_file", ""),

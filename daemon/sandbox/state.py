@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from daemon.sandbox.batches import SandboxBatch
+from daemon.sandbox.endpoints import SandboxEndpoint
 from daemon.sandbox.faults import FaultPlan, Stats
 from daemon.sandbox.models import DEFAULT_SERVERLESS_LORA
 from daemon.sandbox.ratelimit import RateLimiter
@@ -65,6 +66,7 @@ class Sandbox:
     flavour: str = "together"
     context_tokens: int = 0
     serverless_lora: tuple[str, ...] = DEFAULT_SERVERLESS_LORA
+    lean: bool = False  # answer only the fields the contract declares (lean.py)
     serving: ChatServing = field(default_factory=ChatServing)
     limiter: RateLimiter = field(default_factory=RateLimiter)
     clock: Callable[[], float] = time.time
@@ -76,6 +78,8 @@ class Sandbox:
     batches: dict[str, SandboxBatch] = field(default_factory=dict)
     batch_outcomes: list[PendingOutcome] = field(default_factory=list)
     seen_models: set[str] = field(default_factory=set)
+    endpoints: dict[str, SandboxEndpoint] = field(default_factory=dict)  # deleted ones kept (flagged) for stats
+    endpoint_failures: list[tuple[str, float]] = field(default_factory=list)  # (message, simulated s) for new ones
     unavailable_until_s: float = 0.0  # chat answers 503 until then (monotonic)
     loading_until_s: float = 0.0  # chat answers "loading" until then (monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -92,6 +96,8 @@ class Sandbox:
         self.batches.clear()
         self.batch_outcomes.clear()
         self.seen_models.clear()
+        self.endpoints.clear()
+        self.endpoint_failures.clear()
         self.faults.clear()
         self.stats.clear()
         self.serving.clear()
@@ -110,6 +116,10 @@ class Sandbox:
         """One chat latency draw, in seconds."""
         lo, hi = self.latency_ms
         return (lo if lo == hi else self._rng.uniform(lo, hi)) / 1000.0
+
+    def live_endpoint(self, key: str) -> SandboxEndpoint | None:
+        """The (not deleted) endpoint with this id or name."""
+        return next((e for e in self.endpoints.values() if not e.deleted and key in (e.id, e.name)), None)
 
     def completed_output(self, model: str) -> SandboxJob | None:
         """The sandbox job whose output model is `model`, if any."""

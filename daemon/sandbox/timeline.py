@@ -15,13 +15,46 @@ STEP_S = 3.0
 COMPRESSING_S = 30.0
 UPLOADING_S = 30.0
 CANCEL_S = 5.0  # cancel_requested -> cancelled
-LOSS_POINTS = 40  # about this many `training_progress` events per job
+LOSS_POINTS = 40  # about this many rows of training metrics per job (GET /v1/fine-tunes/{id}/metrics)
+EVAL_LOSS_GAP = 0.08  # the eval loss sits this far above the training loss at the same step
 
 TERMINAL = frozenset({"completed", "cancelled", "error", "user_error"})
 
 
+# The contract's FineTuneEvent requires these fields besides object, created_at, message and type.
+EVENT_DEFAULTS: dict[str, Any] = {
+    "param_count": 0,
+    "token_count": 0,
+    "total_steps": 0,
+    "wandb_url": "",
+    "step": 0,
+    "checkpoint_path": "",
+    "model_path": "",
+    "training_offset": 0,
+    "hash": "",
+}
+
+
 def _event(kind: str, message: str, level: str = "info", **fields: Any) -> dict[str, Any]:
-    return {"type": kind, "level": level, "message": message, **fields}
+    return {"type": kind, "level": level, "message": message, **EVENT_DEFAULTS, **fields}
+
+
+def metric_steps(job: SandboxJob) -> list[int]:
+    """The steps at which training metrics are logged (about LOSS_POINTS of them, always the last one)."""
+    every = max(1, job.total_steps // LOSS_POINTS)
+    return [s for s in range(1, job.total_steps + 1) if s % every == 0 or s == job.total_steps]
+
+
+def eval_steps(job: SandboxJob) -> list[int]:
+    """The steps at which the validation set is evaluated (`n_evals` of them, when there is a validation file)."""
+    count = int(job.request.get("n_evals") or 0) if job.request.get("validation_file") else 0
+    return [max(1, round(job.total_steps * i / count)) for i in range(1, count + 1)]
+
+
+def checkpoint_steps(job: SandboxJob) -> list[int]:
+    """The steps at which a checkpoint is saved (`n_checkpoints`, evenly spread)."""
+    count = int(job.request.get("n_checkpoints") or 1)
+    return [max(1, round(job.total_steps * i / count)) for i in range(1, count + 1)]
 
 
 def happy_path(job: SandboxJob) -> tuple[list[tuple[float, str]], list[tuple[float, dict[str, Any]]]]:
@@ -62,37 +95,19 @@ def happy_path(job: SandboxJob) -> tuple[list[tuple[float, str]], list[tuple[flo
 
 
 def _training_events(job: SandboxJob) -> list[tuple[float, dict[str, Any]]]:
+    """Epoch ends and checkpoints, their messages carrying the loss (events have no loss field: the dense curve
+    is the metrics operation's)."""
     total = job.total_steps
-    every = max(1, total // LOSS_POINTS)
     events = []
-    for step in range(1, total + 1):
-        at = job.step_offset_s(step)
-        if step % every == 0 or step == total:
-            loss = job.loss_at(step)
-            message = f"Step {step}/{total}: train loss {loss:.4f}"
-            events.append((at, _event("training_progress", message, step=step, total_steps=total, loss=loss)))
-        if step % job.steps_per_epoch == 0:
-            epoch = step // job.steps_per_epoch
-            events.append((at, _event("epoch_complete", f"Epoch {epoch} completed, at step {step}", step=step)))
-    events += _spread(job, int(job.request.get("n_checkpoints") or 1), "checkpoint_save")
-    if job.request.get("validation_file"):
-        events += _spread(job, int(job.request.get("n_evals") or 0), "eval_complete")
-    return events
-
-
-def _spread(job: SandboxJob, count: int, kind: str) -> list[tuple[float, dict[str, Any]]]:
-    """`count` events of `kind` at evenly spaced steps (checkpoints, evaluations)."""
-    events = []
-    for i in range(1, count + 1):
-        step = max(1, round(job.total_steps * i / count))
-        if kind == "eval_complete":
-            eval_loss = round(job.loss_at(step) + 0.08, 4)
-            message = f"Evaluation at step {step}: eval loss {eval_loss:.4f}"
-            events.append((job.step_offset_s(step), _event(kind, message, step=step, eval_loss=eval_loss)))
-        else:
-            path = f"s3://sandbox-models/{job.id}/checkpoint-{step}"
-            message = f"Checkpoint saved at step {step}"
-            events.append((job.step_offset_s(step), _event(kind, message, step=step, checkpoint_path=path)))
+    for step in range(job.steps_per_epoch, total + 1, job.steps_per_epoch):
+        epoch = step // job.steps_per_epoch
+        message = f"Epoch {epoch} completed, at step {step}: train loss {job.loss_at(step):.4f}"
+        events.append((job.step_offset_s(step), _event("epoch_complete", message, step=step, total_steps=total)))
+    for step in checkpoint_steps(job):
+        path = f"s3://sandbox-models/{job.id}/checkpoint-{step}"
+        message = f"Checkpoint saved at step {step}"
+        saved = _event("checkpoint_save", message, step=step, total_steps=total, checkpoint_path=path)
+        events.append((job.step_offset_s(step), saved))
     return events
 
 
@@ -116,7 +131,9 @@ def cut(
         ]
         return kept_t, kept_e
     assert job.outcome is not None
-    kind = {"error": "job_error", "user_error": "job_user_error", "cancelled": "job_stopped"}[job.outcome.status]
+    kind = {"error": "job_error", "user_error": "job_error", "cancelled": "job_stopped"}[job.outcome.status]
     kept_t.append((cut_s, job.outcome.status))
-    kept_e.append((cut_s, _event(kind, job.outcome.message, level="error")))
+    kept_e.append((cut_s, _event(kind, job.outcome.message, level=job.outcome.level)))
+    if job.outcome.restarted:
+        kept_e.append((cut_s, _event("job_restarted", "Job restarted", level=job.outcome.level)))
     return kept_t, kept_e

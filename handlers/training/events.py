@@ -27,6 +27,28 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+FAILURE_TYPES = frozenset({"job_error", "job_user_error", "billing_limit"})
+# Life-cycle notices that never say why a job failed, whatever their level.
+NOT_A_REASON = frozenset({"job_restarted", "job_pending", "job_start", "job_complete", "refund", "cancel_requested"})
+
+
+def event_level(event: Mapping[str, Any]) -> str:
+    """The level without its legacy spelling: legacy_ierror -> error, legacy_iwarning -> warning, null -> info."""
+    level = str(event.get("level") or "info").lower().removeprefix("legacy_")
+    return {"ierror": "error", "iwarning": "warning", "iinfo": "info"}.get(level, level)
+
+
+def _failure_rank(event: Mapping[str, Any]) -> int | None:
+    kind = str(event.get("type") or "")
+    if kind in FAILURE_TYPES:
+        return 0
+    if kind in NOT_A_REASON:
+        return None
+    if event_level(event) == "error":
+        return 1
+    return 2 if kind == "job_stopped" else None
+
+
 def with_metrics(event: Mapping[str, Any]) -> dict[str, Any]:
     """The event plus `loss`, `eval_loss` and `step` parsed from its message where the API did not give them."""
     message = str(event.get("message") or "")
@@ -85,10 +107,15 @@ class EventLog:
         return len(new)
 
     def failure_message(self) -> str | None:
-        """The last error-level event's message (where Together says why a job failed)."""
-        errors = [e for e in self.events if e.get("level") == "error" or str(e.get("type", "")).startswith("job_")]
-        failing = [e for e in errors if e.get("type") != "job_complete" and e.get("type") != "job_start"]
-        return str(failing[-1].get("message")) if failing else None
+        """Where Together says why the job failed: the last failure-typed event (job_error, job_user_error,
+        billing_limit), else the last error-level one (any spelling: error, legacy_ierror) that is not a life-cycle
+        notice such as job_restarted, else the last job_stopped."""
+        ranked = [(rank, index) for index, e in enumerate(self.events) if (rank := _failure_rank(e)) is not None]
+        if not ranked:
+            return None
+        best = min(rank for rank, _ in ranked)
+        index = max(index for rank, index in ranked if rank == best)
+        return str(self.events[index].get("message") or "")
 
     def last_loss(self) -> float | None:
         """The latest training loss seen."""

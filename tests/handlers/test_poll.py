@@ -18,6 +18,7 @@ from daemon.remote.api import RemoteJob, RemoteStatus
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from handlers import create, poll, upload
+from handlers.training.curve import CHECKPOINTS_FILE, TRAINING_METRICS_FILE
 from handlers.training.events import EVENTS_FILE
 from tests.conftest import with_
 from tests.daemon.sandbox.helpers import (
@@ -58,7 +59,8 @@ def saved_events(ctx: JobContext) -> list[dict[str, Any]]:
 async def test_poll_follows_the_job_to_its_model_and_saves_the_loss_curve(
     tmp_path: Path, remote_settings: Settings, api: TogetherAPI
 ) -> None:
-    """The output names the fine-tuned model (also journaled); events.jsonl holds every event once, loss falling."""
+    """The output names the fine-tuned model (also journaled); events.jsonl holds every event once; the training
+    metrics (loss falling) and the checkpoints are saved to the outbox, the final loss from the metrics."""
     journal = DictJournal()
     ctx, inputs = await created(tmp_path, remote_settings, api, journal, suffix="coqa")
     out = await poll.run(ctx, inputs)
@@ -66,8 +68,12 @@ async def test_poll_follows_the_job_to_its_model_and_saves_the_loss_curve(
     assert out["model"] == inputs["create"]["model_output_name"] and "coqa" in out["model"]
     events = saved_events(ctx)
     assert len(events) == out["events"] == len({json.dumps(e, sort_keys=True) for e in events})
-    losses = [e["loss"] for e in events if "loss" in e]
+    assert [e["loss"] for e in events if "loss" in e]  # parsed from epoch_complete messages
+    rows = json.loads((ctx.out_dir / TRAINING_METRICS_FILE).read_text())["metrics"]
+    losses = [row["train/loss"] for row in rows if "train/loss" in row]
     assert len(losses) >= 5 and losses[-1] < losses[0] and out["final_loss"] == losses[-1]
+    saved = json.loads((ctx.out_dir / CHECKPOINTS_FILE).read_text())["checkpoints"]
+    assert out["checkpoints"] == len(saved) >= 1 and saved[-1]["checkpoint_type"] == "Final"
     statuses = [u["remote_status"] for u in ctx.progress.calls if "remote_status" in u]  # type: ignore[attr-defined]
     assert statuses[-1] == "completed" and "running" in statuses
 
@@ -178,6 +184,14 @@ class ScriptedStatuses:
 
     async def events(self, job_id: str) -> list[dict[str, Any]]:
         """No events."""
+        return []
+
+    async def metrics(self, job_id: str) -> list[dict[str, float]] | None:
+        """No metrics operation (as an API without it answers)."""
+        return None
+
+    async def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """No checkpoints."""
         return []
 
 

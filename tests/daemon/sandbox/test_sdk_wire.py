@@ -99,10 +99,10 @@ async def test_create_sends_nested_fields_and_job_runs_to_completion(
     assert [j.id for j in listed.data] == [job.id]
 
 
-async def test_status_sequence_and_falling_loss_in_events(
+async def test_status_sequence_and_falling_loss_in_metrics(
     sandbox: SandboxHandle, client: together.AsyncTogether, tmp_path: Path
 ) -> None:
-    """Observed statuses follow pending→queued→running→compressing→uploading→completed; events carry a falling loss."""
+    """Observed statuses follow pending→queued→running→compressing→uploading→completed; metrics carry a falling loss."""
     train = await client.files.upload(write_chat_jsonl(tmp_path / "train.jsonl"), purpose="fine-tune")
     job = await client.fine_tuning.create(training_file=train.id, model=BASE_MODEL, train_on_inputs="auto")
     seen: list[str] = []
@@ -115,8 +115,10 @@ async def test_status_sequence_and_falling_loss_in_events(
             await asyncio.sleep(0.005)
     assert seen == sorted(seen, key=order.index) and seen[-1] == "completed" and "running" in seen
     events = (await client.fine_tuning.list_events(job.id)).data
-    losses = [e.to_dict()["loss"] for e in events if e.type == "training_progress"]
+    rows = (await client.fine_tuning.list_metrics(job.id)).metrics or []
+    losses = [row["train/loss"] for row in rows if "train/loss" in row]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.5
+    assert all("loss" not in e.to_dict() for e in events)
     assert events[0].type == "job_pending" and events[-1].type == "job_complete"
 
 

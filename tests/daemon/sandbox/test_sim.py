@@ -55,11 +55,17 @@ def test_loss_falls_and_is_deterministic() -> None:
 
 
 def test_scripted_outcome_cuts_the_run() -> None:
-    """A `user_error` outcome at 50 % of training ends the job there with its message as the last event."""
+    """A `user_error` outcome at 50 % of training ends the job there with its message as the last event (job_error,
+    the contract's type); a legacy level and a job_restarted notice after it are scripted as asked."""
     j = job(outcome=Outcome("user_error", "bad data", at=0.5))
     assert j.status(1e9) == "user_error"
     last = j.events(1e9)[-1]
-    assert last["type"] == "job_user_error" and last["message"] == "bad data" and last["level"] == "error"
+    assert last["type"] == "job_error" and last["message"] == "bad data" and last["level"] == "error"
+    restarted = job(outcome=Outcome("error", "OOM", at=0.5, level="legacy_ierror", restarted=True)).events(1e9)
+    assert [(e["type"], e["level"]) for e in restarted[-2:]] == [
+        ("job_error", "legacy_ierror"),
+        ("job_restarted", "legacy_ierror"),
+    ]
     assert 0 < j.steps_completed(1e9) < 20
 
 

@@ -42,3 +42,25 @@ async def test_event_log_saves_each_event_once_and_reads_back(tmp_path: Path) ->
     again = await EventLog.load(path)
     assert [e["message"] for e in again.events] == ["Step 1/2: train loss 1.5", "done"]
     assert again.last_loss() == 1.5
+
+
+def test_failure_message_prefers_the_failure_event_over_notices() -> None:
+    """job_error (any level spelling) beats a later job_restarted; an error-level event of another type comes next;
+    job_stopped last; life-cycle notices never count."""
+    log = EventLog(Path("unused"), [])
+    log.events = [
+        {"type": "job_start", "level": "info", "message": "started"},
+        {"type": "job_error", "level": "legacy_ierror", "message": "CUDA out of memory"},
+        {"type": "job_restarted", "level": "legacy_ierror", "message": "Job restarted"},
+    ]
+    assert log.failure_message() == "CUDA out of memory"
+    log.events = [
+        {"type": "job_stopped", "level": "info", "message": "stopped"},
+        {"type": "warning", "level": "legacy_ierror", "message": "disk full"},
+        {"type": "job_restarted", "level": "error", "message": "Job restarted"},
+    ]
+    assert log.failure_message() == "disk full"
+    log.events = [{"type": "job_stopped", "level": None, "message": "stopped by billing"}]
+    assert log.failure_message() == "stopped by billing"
+    log.events = [{"type": "job_restarted", "level": "error", "message": "Job restarted"}]
+    assert log.failure_message() is None

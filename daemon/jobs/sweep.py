@@ -1,0 +1,56 @@
+"""At start-up: delete the dedicated endpoints this daemon created for jobs that have already ended.
+
+Each endpoint carries its job's tag in `display_name` (handlers/serving.py), journaled before it was created; an
+endpoint whose tag belongs to a finished job of this state store (its cleanup failed, or the daemon died in it)
+is deleted. Endpoints of unfinished jobs are left to the jobs (they resume and delete their own), and endpoints
+this store never journaled (another daemon's) are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from daemon.errors import FinetunedError
+from daemon.jobs.context import JournalKey
+from daemon.jobs.state import TERMINAL, StateStore
+from daemon.remote.api import FineTuneAPI
+
+DISPLAY_PREFIX = "finetuned-"  # as handlers/serving.py names them
+log = structlog.get_logger()
+
+
+async def finished_tags(store: StateStore) -> dict[str, str]:
+    """Endpoint tag -> job id, for every ended job that journaled an endpoint intent."""
+    tags: dict[str, str] = {}
+    for job_id in await store.job_ids():
+        record = await store.job(job_id)
+        if record is None or record.status not in TERMINAL:
+            continue
+        for key, tag in record.journal.items():  # a sweep's variants journal theirs as `<variant>/endpoint.intent`
+            if key == JournalKey.ENDPOINT_INTENT or key.endswith(f"/{JournalKey.ENDPOINT_INTENT}"):
+                tags[tag] = job_id
+    return tags
+
+
+async def sweep_endpoints(store: StateStore, remote: FineTuneAPI, *, timeout_s: float) -> list[str]:
+    """Delete the endpoints of ended jobs (listed before the journals are read, so a job starting now is never
+    swept); returns their ids. One try within `timeout_s`: a failure is logged and the next start-up retries."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            listed = await remote.find_endpoints(DISPLAY_PREFIX)
+            if not listed:
+                return []
+            tags = await finished_tags(store)
+            swept = []
+            for endpoint in listed:
+                job_id = tags.get(endpoint.display_name.removeprefix(DISPLAY_PREFIX))
+                if job_id is not None:
+                    await remote.delete_endpoint(endpoint.id)
+                    log.warning("endpoint_swept", endpoint_id=endpoint.id, job_id=job_id, reason="its job had ended")
+                    swept.append(endpoint.id)
+            return swept
+    except (FinetunedError, TimeoutError) as exc:
+        log.error("endpoint_sweep_failed", error=str(exc) or type(exc).__name__)
+        return []

@@ -1,0 +1,129 @@
+"""Dedicated endpoints over the contract's `/v1/endpoints` and `/v1/hardware`: the wire, and its answers parsed.
+
+`EndpointWire` drives any client with Stainless's raw `get/post/patch/delete(path, cast_to=httpx.Response)`
+(the adapter passes the SDK's AsyncTogether; nothing here imports the SDK). Answers are read in either shape: a list
+as `{"data": [...]}` or bare; hardware as the contract's `pricing.cents_per_minute` + `availability.status`, or as
+SDK 3.1.1's instance types (`priceCentsPerHour`, `gpuCount`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from daemon.errors import RemoteRejected
+from daemon.remote.api import EndpointRequest, HardwareOption, RemoteEndpoint
+
+T = TypeVar("T")
+Caller = Callable[[str, Callable[[], Awaitable[T]]], Awaitable[T]]
+NOT_SERVERLESS_CODES = frozenset({"model_not_available", "dedicated_endpoint_not_running"})
+NOT_SERVERLESS_WORDS = ("non-serverless", "dedicated endpoint")
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        return response.json()
+    except json.JSONDecodeError:
+        return None
+
+
+def rows(body: Any) -> list[dict[str, Any]]:
+    """The objects of a list answer, `{"data": [...]}` or a bare list."""
+    listed = body.get("data") if isinstance(body, dict) else body
+    return [row for row in listed if isinstance(row, dict)] if isinstance(listed, list) else []
+
+
+def hardware_option(row: dict[str, Any]) -> HardwareOption | None:
+    """One hardware row in the contract's shape or the SDK's instance-type shape; None without a price."""
+    pricing = row.get("pricing")
+    cents = pricing.get("cents_per_minute") if isinstance(pricing, dict) else None
+    if not isinstance(cents, int | float) and isinstance(row.get("priceCentsPerHour"), int | float):
+        cents = float(row["priceCentsPerHour"]) / 60
+    if not isinstance(cents, int | float) or "id" not in row:
+        return None
+    availability = row.get("availability")
+    status = availability.get("status") if isinstance(availability, dict) else None
+    specs = row.get("specs")
+    count = specs.get("gpu_count") if isinstance(specs, dict) else row.get("gpuCount")
+    return HardwareOption(
+        str(row["id"]), float(cents), str(status or "unknown"), count if isinstance(count, int) else None
+    )
+
+
+def is_not_serverless(error: RemoteRejected) -> bool:
+    """Whether a refused chat request says the model is served only on a dedicated endpoint."""
+    text = str(error).lower()
+    return error.http_status in (400, 404) and (
+        any(code in text for code in NOT_SERVERLESS_CODES) or any(word in text for word in NOT_SERVERLESS_WORDS)
+    )
+
+
+class EndpointWire:
+    """The endpoint and hardware operations; `call(what, thunk)` is the adapter's deadline and error mapping."""
+
+    def __init__(self, client: Any, call: Caller[Any]) -> None:
+        self._client = client
+        self._call = call
+
+    async def _request(self, what: str, method: str, path: str, **options: Any) -> Any:
+        async def send() -> httpx.Response:
+            response: httpx.Response = await getattr(self._client, method)(path, cast_to=httpx.Response, **options)
+            return response
+
+        return _json(await self._call(what, send))
+
+    async def model_ids(self) -> set[str]:
+        """The ids of the models Together lists as served (`GET /v1/models`, a bare list or `{"data": [...]}`)."""
+        body = await self._request("list models", "get", "/v1/models")
+        return {str(row["id"]) for row in rows(body) if "id" in row}
+
+    async def hardware(self, model: str) -> list[HardwareOption]:
+        """The configurations compatible with `model`, with prices and availability."""
+        body = await self._request("list hardware", "get", "/v1/hardware", options={"params": {"model": model}})
+        return [option for row in rows(body) if (option := hardware_option(row)) is not None]
+
+    async def create(self, request: EndpointRequest) -> RemoteEndpoint:
+        """Create (and start) the endpoint; it bills per minute from now until stopped."""
+        body: dict[str, Any] = {
+            "model": request.model,
+            "hardware": request.hardware,
+            "autoscaling": {"min_replicas": request.replicas, "max_replicas": request.replicas},
+            "display_name": request.display_name,
+            "state": "STARTED",
+        }
+        if request.inactive_timeout_min is not None:
+            body["inactive_timeout"] = request.inactive_timeout_min
+        return RemoteEndpoint.from_json(await self._request("create endpoint", "post", "/v1/endpoints", body=body))
+
+    async def get(self, endpoint_id: str) -> RemoteEndpoint | None:
+        """The endpoint, or None when Together no longer has it (404)."""
+        try:
+            body = await self._request("get endpoint", "get", f"/v1/endpoints/{endpoint_id}")
+        except RemoteRejected as exc:
+            if exc.http_status == 404:
+                return None
+            raise
+        return RemoteEndpoint.from_json(body)
+
+    async def find(self, tag: str) -> list[RemoteEndpoint]:
+        """The dedicated endpoints whose display name contains `tag`."""
+        body = await self._request("list endpoints", "get", "/v1/endpoints", options={"params": {"type": "dedicated"}})
+        found = [RemoteEndpoint.from_json(row) for row in rows(body) if "id" in row]
+        return [endpoint for endpoint in found if tag in endpoint.display_name]
+
+    async def stop(self, endpoint_id: str) -> None:
+        """Ask it to stop (billing ends once STOPPED)."""
+        await self._request("stop endpoint", "patch", f"/v1/endpoints/{endpoint_id}", body={"state": "STOPPED"})
+
+    async def delete(self, endpoint_id: str) -> None:
+        """Delete it; an endpoint already gone (404) counts as deleted."""
+        try:
+            await self._request("delete endpoint", "delete", f"/v1/endpoints/{endpoint_id}")
+        except RemoteRejected as exc:
+            if exc.http_status != 404:
+                raise

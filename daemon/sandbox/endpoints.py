@@ -1,0 +1,179 @@
+"""Sandbox dedicated endpoints: the hardware catalogue and each endpoint's life on the simulated clock.
+
+An endpoint created `STARTED` is PENDING for PENDING_S, STARTING until STARTUP_S, then STARTED, billed per started
+minute (ceil) from creation until it is stopped, deleted or auto-stopped by `inactive_timeout` (minutes without a
+chat request). A PATCH to STOPPED passes through STOPPING for STOPPING_S. A scripted failure puts it in ERROR at
+`error_at_s` (never billed after). Every observable state is a pure function of the clock and these marks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING_S = 10.0
+STARTUP_S = 120.0  # Together says start-up takes minutes; a simulated two
+STOPPING_S = 10.0
+GB_PER_BILLION_PARAMS = 2.0  # bf16 weights
+MEMORY_HEADROOM = 0.8  # weights may fill this share of the GPUs' memory
+UNSIZED_BILLIONS = 8.0
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)B(?![a-z])", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One configuration of the catalogue: GPUs, price and availability."""
+
+    id: str
+    gpu_type: str
+    gpu_memory_gb: int
+    gpu_count: int
+    cents_per_minute: float
+    availability: str = "available"
+
+    def fits(self, billions: float) -> bool:
+        """Whether a model of this size fits in the GPUs' memory."""
+        return billions * GB_PER_BILLION_PARAMS <= self.gpu_memory_gb * self.gpu_count * MEMORY_HEADROOM
+
+    def to_json(self, updated_at: str) -> dict[str, Any]:
+        """The contract's hardware object."""
+        return {
+            "object": "hardware",
+            "id": self.id,
+            "pricing": {"cents_per_minute": self.cents_per_minute},
+            "specs": {
+                "gpu_type": self.gpu_type,
+                "gpu_link": "sxm" if "h100" in self.gpu_type else "pcie",
+                "gpu_memory": self.gpu_memory_gb,
+                "gpu_count": self.gpu_count,
+            },
+            "availability": {"status": self.availability},
+            "updated_at": updated_at,
+        }
+
+
+# 1x H100 80 GB at $3.99/h (Together's docs) = 6.65 cents a minute; the others scaled from it.
+CATALOGUE: tuple[Hardware, ...] = (
+    Hardware("1x_nvidia_l40s_48gb", "l40s", 48, 1, 2.5, availability="unavailable"),
+    Hardware("1x_nvidia_a100_80gb_pcie", "a100", 80, 1, 4.0),
+    Hardware("1x_nvidia_h100_80gb_sxm", "h100", 80, 1, 6.65),
+    Hardware("2x_nvidia_h100_80gb_sxm", "h100", 80, 2, 13.3),
+    Hardware("4x_nvidia_h100_80gb_sxm", "h100", 80, 4, 26.6),
+    Hardware("8x_nvidia_h100_80gb_sxm", "h100", 80, 8, 53.2, availability="insufficient"),
+)
+
+
+def model_billions(model: str) -> float:
+    """Parameters in billions from the model's name (the largest `<n>B` in it), 8 when it names none."""
+    sizes = [float(n) for n in _SIZE.findall(model.rsplit("/", 1)[-1])]
+    return max(sizes) if sizes else UNSIZED_BILLIONS
+
+
+def hardware_for(model: str | None) -> list[Hardware]:
+    """The catalogue, or the configurations that fit `model` when one is given."""
+    if not model:
+        return list(CATALOGUE)
+    billions = model_billions(model)
+    return [hw for hw in CATALOGUE if hw.fits(billions)]
+
+
+@dataclass
+class SandboxEndpoint:
+    """One dedicated endpoint; `*_at_s` are wall-clock seconds (scaled by `speed` into simulated time)."""
+
+    id: str
+    name: str
+    display_name: str
+    model: str
+    hardware: Hardware
+    min_replicas: int
+    max_replicas: int
+    inactive_timeout_min: int | None
+    created_at_s: float
+    speed: float
+    started_at_s: float | None = None  # when it was (re)started; None while never started
+    stopped_at_s: float | None = None  # when a stop was asked (or the inactivity timeout fired)
+    error_at_s: float | None = None
+    error_message: str = ""
+    last_used_s: float | None = None
+    billed_before_s: float = 0.0  # simulated seconds billed in earlier started periods
+    deleted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _sim(self, since_s: float, now_s: float) -> float:
+        return max(0.0, (now_s - since_s) * self.speed)
+
+    def _auto_stop_s(self) -> float | None:
+        """When the inactivity timeout stops it (wall seconds), if it is set and started."""
+        if not self.inactive_timeout_min or self.started_at_s is None:
+            return None
+        ready_s = self.started_at_s + STARTUP_S / self.speed
+        idle_since = max(ready_s, self.last_used_s or ready_s)
+        return idle_since + self.inactive_timeout_min * 60 / self.speed
+
+    def stop_at_s(self) -> float | None:
+        """When billing stops (wall seconds): a stop, the inactivity timeout or an error, whichever came first."""
+        marks = [m for m in (self.stopped_at_s, self._auto_stop_s(), self.error_at_s) if m is not None]
+        return min(marks) if marks else None
+
+    def state(self, now_s: float) -> str:
+        """PENDING, STARTING, STARTED, STOPPING, STOPPED or ERROR at `now_s`."""
+        if self.error_at_s is not None and now_s >= self.error_at_s:
+            return "ERROR"
+        stop = self.stop_at_s()
+        if stop is not None and now_s >= stop:
+            return "STOPPING" if self._sim(stop, now_s) < STOPPING_S else "STOPPED"
+        if self.started_at_s is None:
+            return "STOPPED"
+        up = self._sim(self.started_at_s, now_s)
+        return "PENDING" if up < PENDING_S else "STARTING" if up < STARTUP_S else "STARTED"
+
+    def billed_minutes(self, now_s: float) -> int:
+        """Started minutes billed so far (ceil per started period), including earlier periods."""
+        current = 0.0
+        if self.started_at_s is not None:
+            end = min(now_s, self.stop_at_s() or now_s)
+            current = self._sim(self.started_at_s, end)
+        return math.ceil((self.billed_before_s + current) / 60.0 - 1e-9)
+
+    def cost_usd(self, now_s: float) -> float:
+        """Dollars billed so far: started minutes x replicas x the hardware's price per minute."""
+        return round(self.billed_minutes(now_s) * max(1, self.min_replicas) * self.hardware.cents_per_minute / 100, 6)
+
+    def billing(self, now_s: float) -> bool:
+        """Whether it is billing now (started, not stopped, not failed, not deleted)."""
+        return not self.deleted and self.state(now_s) in ("PENDING", "STARTING", "STARTED")
+
+    def start(self, now_s: float) -> None:
+        """(Re)start a stopped endpoint: the time billed so far is kept."""
+        if self.billing(now_s) or self.state(now_s) == "ERROR":
+            return
+        if self.started_at_s is not None:
+            end = min(now_s, self.stop_at_s() or now_s)
+            self.billed_before_s += self._sim(self.started_at_s, end)
+        self.started_at_s, self.stopped_at_s, self.last_used_s = now_s, None, None
+
+    def stop(self, now_s: float) -> None:
+        """Ask it to stop (no-op when it is not billing)."""
+        if self.billing(now_s):
+            self.stopped_at_s = now_s
+
+    def to_json(self, now_s: float, iso: Any) -> dict[str, Any]:
+        """The contract's endpoint object; `iso` formats epoch seconds."""
+        return {
+            "object": "endpoint",
+            "id": self.id,
+            "name": self.name,
+            "display_name": self.display_name,
+            "model": self.model,
+            "hardware": self.hardware.id,
+            "type": "dedicated",
+            "owner": "sandbox",
+            "state": self.state(now_s),
+            "autoscaling": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas},
+            "created_at": iso(self.created_at_s),
+            "inactive_timeout": self.inactive_timeout_min,
+            **({"error": {"message": self.error_message}} if self.state(now_s) == "ERROR" else {}),
+        }
