@@ -84,6 +84,9 @@ class FinetuneSpec(_Strict):
     wandb_project_name: str | None = None
     wandb_name: str | None = None
     poll_deadline_h: float = Field(default=72.0, gt=0)
+    # Continue training from an earlier fine-tune: a job id of this daemon (its fine-tune is looked up) or a
+    # Together fine-tune id / output model name, either optionally followed by `:<step>`.
+    from_checkpoint: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:\d+)?$")
 
 
 class Endpoint(_Strict):

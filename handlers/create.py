@@ -7,7 +7,9 @@ is resolved by listing jobs and adopting the one with the tag, never by creating
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,6 +79,7 @@ def _output(job: RemoteJob, tag: str, *, adopted: bool, estimate: PriceEstimate 
         "status": job.status,
         "model_output_name": job.model_output_name,
         "adopted": adopted,
+        "from_checkpoint": job.raw.get("from_checkpoint"),
         "estimated_price_usd": estimate.total_usd if estimate else None,
         "estimated_train_tokens": estimate.train_tokens if estimate else None,
     }
@@ -110,6 +113,9 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     resumed = await _resume(ctx, remote)
     if resumed is not None:
         return resumed
+    if spec.from_checkpoint:
+        spec = spec.model_copy(update={"from_checkpoint": await resolve_checkpoint(ctx, spec.from_checkpoint)})
+        log.info("continuing_from_checkpoint", from_checkpoint=spec.from_checkpoint)
     tag = ctx.journal.get(JournalKey.CREATE_INTENT) or make_tag(ctx.job_id)
     request = _request(spec, dict(inputs["upload"]), tag)
 
@@ -165,3 +171,20 @@ async def estimate(ctx: JobContext, spec: FinetuneSpec, upload: dict[str, Any]) 
     remote = ctx.fine_tuning()
     request = _request(spec, upload, make_tag(ctx.job_id))
     return await retry(lambda: remote.estimate_price(request), policy=ctx.settings.retry_policy, what="estimate price")
+
+
+async def resolve_checkpoint(ctx: JobContext, value: str) -> str:
+    """`finetune.from_checkpoint` as Together takes it: a job id of this daemon becomes its fine-tune's id (the
+    optional `:step` kept); anything else is already Together's (a fine-tune id or an output model name)."""
+    job, sep, step = value.partition(":")
+    status_path = ctx.settings.outbox / job / "status.json"
+    if "/" in job or not await asyncio.to_thread(status_path.is_file):
+        return value
+    document = json.loads(await asyncio.to_thread(status_path.read_text, encoding="utf-8"))
+    fine_tune_id = (document.get("remote") or {}).get("fine_tune_id")
+    if not fine_tune_id or document.get("status") != "completed":
+        raise BadInput(
+            f"finetune.from_checkpoint names job {job}, which is {document.get('status')} "
+            f"{'with' if fine_tune_id else 'without'} a fine-tune: continue only from a completed one"
+        )
+    return f"{fine_tune_id}{sep}{step}"

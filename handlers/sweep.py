@@ -1,11 +1,11 @@
 """Step `sweep`: several fine-tunes of the data the steps before it prepared, validated and uploaded once.
 
 Each variant (`spec.sweep`: a grid and/or a list of finetune values) runs the usual create → poll → serve →
-evaluate → release → report under its own folder `variants/<name>/`, with its own journal (so its fine-tune is created exactly once and
-adopted after a crash, like a job's) and its steps checkpointed in it. Before anything is created the estimates of
-all variants are summed against `sweep.max_price_usd`. The base model is evaluated once, into `base/`, and every
-variant reads those answers. One variant failing does not stop the others. The step writes `sweep.json` and the
-comparison report (report.md/html) in the sweep's folder.
+evaluate → release → report under its own folder `variants/<name>/`, with its own journal (so its fine-tune is
+created exactly once and adopted after a crash, like a job's) and its steps checkpointed in it. Before anything is
+created the estimates of all variants are summed against `sweep.max_price_usd`. The base model is evaluated once,
+into `base/`, and every variant reads those answers. One variant failing does not stop the others. The step writes
+`sweep.json` and the comparison report (report.md/html) in the sweep's folder.
 """
 
 from __future__ import annotations

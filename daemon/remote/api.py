@@ -187,6 +187,7 @@ class FineTuneRequest:
     wandb_project_name: str | None = None
     wandb_name: str | None = None
     wandb_api_key_env: str | None = None
+    from_checkpoint: str | None = None  # a Together fine-tune (`ft-…[:step]`); `model` then names only its base
 
     @classmethod
     def from_spec(cls, spec: FinetuneSpec, *, training_file: str, validation_file: str, suffix: str) -> FineTuneRequest:
@@ -200,6 +201,8 @@ class FineTuneRequest:
         """Keyword arguments of `fine_tuning.create` / `create_finetune_request` (without the W&B key)."""
         kwargs = dataclasses.asdict(self)
         del kwargs["wandb_api_key_env"]
+        if self.from_checkpoint:
+            kwargs["model"] = None  # the SDK takes a model or a checkpoint, not both (the limits stay the base's)
         return kwargs
 
 

@@ -135,6 +135,7 @@ async def create(request: web.Request) -> web.Response:
     sb = request.app[SANDBOX]
     try:
         body = await _json_body(request)
+        _continue_from_checkpoint(sb, body)
         _check_create(body)
         estimate = _estimate(sb, body)
     except Invalid as exc:
@@ -142,6 +143,21 @@ async def create(request: web.Request) -> web.Response:
     job = _new_job(sb, body, estimate)
     sb.jobs[job.id] = job
     return web.json_response(job.to_json(sb.clock(), full=False))
+
+
+def _continue_from_checkpoint(sb: Sandbox, body: dict[str, Any]) -> None:
+    """`from_checkpoint` (`ft-…[:step]` or an output model name): train on from that job's base model, as
+    Together does; an unknown checkpoint is refused like a bad parameter."""
+    checkpoint = body.get("from_checkpoint")
+    if not checkpoint:
+        return
+    if body.get("model"):
+        raise Invalid("specify either a model or a checkpoint to start a job from, not both", param="from_checkpoint")
+    name = str(checkpoint).split(":", 1)[0]
+    parent = sb.jobs.get(name) or next((j for j in sb.jobs.values() if j.output_name == name), None)
+    if parent is None or parent.status(sb.clock()) != "completed":
+        raise Invalid(f"from_checkpoint {checkpoint!r} is not a completed fine-tune job", param="from_checkpoint")
+    body["model"] = parent.request["model"]
 
 
 def _new_job(sb: Sandbox, body: dict[str, Any], estimate: dict[str, Any]) -> SandboxJob:

@@ -311,6 +311,7 @@ _ECHOED_KEYS = (
     "random_seed",
     "wandb_project_name",
     "wandb_name",
+    "from_checkpoint",
 )
 
 

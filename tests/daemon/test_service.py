@@ -73,8 +73,13 @@ STEPS = (
 
 
 class Probe:
+    """A provider that is always reachable and has no endpoints: the service's start-up needs no more."""
+
     async def probe(self) -> None:
         return None
+
+    async def find_endpoints(self, prefix: str) -> list[Any]:
+        return []
 
 
 def drop(settings: Settings, name: str, content: bytes | None = None) -> Path:
