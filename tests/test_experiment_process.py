@@ -8,11 +8,12 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 
 from daemon.sandbox import SandboxHandle, start_sandbox
-from tests.process import daemon_env, run_cli, run_daemon, spec_text, statuses, write_coqa
+from tests.process import API_KEY, daemon_env, run_cli, run_daemon, spec_text, statuses, write_coqa
 
 
 @pytest.fixture
@@ -70,3 +71,42 @@ async def test_again_refuses_a_change_that_makes_the_spec_invalid(spool: Path, s
     code, _, err = await run_cli(env, "again", job, "--set", "finetune.n_epochs=-1", *spool_args(spool))
     assert code == 1 and "finetune.n_epochs" in err
     assert not list((spool / "inbox").iterdir())
+
+
+async def test_again_continue_trains_on_from_the_earlier_fine_tune(spool: Path, sandbox: SandboxHandle) -> None:
+    """again --continue sets from_checkpoint to the earlier job; the create request carries its fine-tune id."""
+    env = daemon_env(spool, sandbox.base_url)
+    drop(spool, "base", spec_text("base", spool / "data"))
+    assert (await run_daemon(env))[0] == 0
+    (first,) = statuses(spool)
+    first_fine_tune = statuses(spool)[first]["remote"]["fine_tune_id"]
+    code, _, err = await run_cli(env, "again", first, "--continue", "--set", "finetune.n_epochs=2", *spool_args(spool))
+    assert code == 0, err
+    assert (await run_daemon(env))[0] == 0
+    second = next(job for job in statuses(spool) if job != first)
+    assert statuses(spool)[second]["status"] == "completed", statuses(spool)[second].get("error")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{sandbox.base_url}/v1/fine-tunes", headers=headers) as r,
+    ):
+        jobs = {job["id"]: job for job in (await r.json())["data"]}
+    continued = jobs[statuses(spool)[second]["remote"]["fine_tune_id"]]
+    assert continued["from_checkpoint"] == first_fine_tune
+    assert continued["n_epochs"] == 2
+
+
+async def test_from_checkpoint_of_a_job_without_a_fine_tune_fails_clearly(spool: Path, sandbox: SandboxHandle) -> None:
+    """Naming a data-only job as the checkpoint fails the new job at create, saying why; nothing is created."""
+    env = daemon_env(spool, sandbox.base_url)
+    drop(spool, "data-only", spec_text("data-only", spool / "data", finetune=False))
+    assert (await run_daemon(env))[0] == 0
+    (first,) = statuses(spool)
+    text = spec_text("next", spool / "data").replace(
+        "  suffix: test\n", f"  suffix: test\n  from_checkpoint: {first}\n"
+    )
+    drop(spool, "next", text)
+    assert (await run_daemon(env))[0] == 0
+    second = next(job for job in statuses(spool) if job != first)
+    error = statuses(spool)[second]["error"]
+    assert error["step"] == "create" and f"from_checkpoint names job {first}" in error["message"]

@@ -123,6 +123,7 @@ async def estimate_price(request: web.Request) -> web.Response:
     """Estimated price in dollars from the files' token counts."""
     try:
         body = await _json_body(request)
+        _continue_from_checkpoint(request.app[SANDBOX], body)
         _known_model(body.get("model"))
         return web.json_response(_estimate(request.app[SANDBOX], body))
     except Invalid as exc:
