@@ -54,6 +54,17 @@ class DatasetSpec(_Strict):
         return self.system_prompt if self.system_prompt is not None else COOKBOOK_SYSTEM_PROMPT
 
 
+class StopWhen(_Strict):
+    """Rules that stop a running fine-tune early (checked on every poll): the remote job is cancelled, the reason
+    recorded, and the stopped run is reported but not evaluated."""
+
+    eval_loss_patience: PositiveInt | None = None  # eval loss has not improved for this many evaluations
+    min_delta: float = Field(default=0.0, ge=0)  # an improvement smaller than this does not count
+    loss_above: float | None = Field(default=None, gt=0)  # the training loss rose above this ceiling
+    loss_nan: bool = True  # the training or eval loss is NaN or infinite
+    price_above_usd: float | None = Field(default=None, gt=0)  # the price so far (pro rata of steps) is above this
+
+
 class FinetuneSpec(_Strict):
     """Every parameter of a Together fine-tuning job the spec can set."""
 
@@ -86,6 +97,7 @@ class FinetuneSpec(_Strict):
     poll_deadline_h: float = Field(default=72.0, gt=0)
     # Continue training from an earlier fine-tune: a job id of this daemon (its fine-tune is looked up) or a
     # Together fine-tune id / output model name, either optionally followed by `:<step>`.
+    stop_when: StopWhen | None = None
     from_checkpoint: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:\d+)?$")
 
 

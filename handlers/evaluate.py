@@ -192,6 +192,10 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     eval_file = inputs.get("prepare", {}).get("eval_file")
     if not eval_file:
         raise DatasetError("nothing to evaluate: the prepare step wrote no eval file (see dataset.eval_split)")
+    stopped = inputs.get("poll", {}).get("stopped")
+    if stopped:  # a stop rule ended the fine-tune: there is no fine-tuned model to ask
+        log.info("evaluation_skipped", reason=stopped["reason"])
+        return {"skipped": f"the fine-tune was stopped: {stopped['reason']}", "models": {}}
     stories = await asyncio.to_thread(load_eval_file, Path(eval_file), evaluate.limit)
     served = inputs.get("serve", {}).get("model")  # a dedicated endpoint's name when the model needs one
     targets = resolve_targets(ctx, evaluate, served or inputs.get("poll", {}).get("model"))

@@ -21,7 +21,8 @@ from daemon.remote.api import FAILED_STATUSES, TERMINAL_STATUSES, FineTuneAPI, R
 from daemon.remote.backoff import Backoff, retry
 from daemon.spool.files import atomic_write_bytes
 from handlers.training.curve import CHECKPOINTS_FILE, TRAINING_METRICS_FILE, curve_from_metrics
-from handlers.training.events import EVENTS_FILE, EventLog
+from handlers.training.events import EVENTS_FILE, EventLog, loss_curve
+from handlers.training.stopping import stop_reason
 
 log = structlog.get_logger()
 
@@ -64,10 +65,46 @@ async def _poll_until_terminal(ctx: JobContext, fine_tune_id: str, events: Event
                 last_status = job.status
                 backoff.reset()
                 await _status_changed(ctx, job)
+            await _check_stop(ctx, job, events)
         delay = backoff.next_delay(retry_after)
         if time.time() + delay > deadline:
             raise _deadline_error(ctx, fine_tune_id, last_status)
         await asyncio.sleep(delay)
+
+
+async def _check_stop(ctx: JobContext, job: RemoteJob, events: EventLog) -> None:
+    """Apply `finetune.stop_when` to the curve so far; on a reason, record it, then cancel the remote job."""
+    rules = ctx.spec.finetune.stop_when if ctx.spec.finetune else None
+    if rules is None or ctx.journal.get(JournalKey.POLL_STOPPED):
+        return
+    remote = ctx.fine_tuning()
+    try:
+        rows = await remote.metrics(job.id)
+    except FinetunedError as exc:  # the curve then comes from the events, as in the report
+        log.warning("training_metrics_unavailable", fine_tune_id=job.id, error=str(exc))
+        rows = None
+    curve = curve_from_metrics(rows) if rows else loss_curve(events.events)
+    reason = stop_reason(curve, rules, price_so_far_usd=_price_so_far(job))
+    if reason is None:
+        return
+    stopped = {"reason": reason, "steps_completed": job.raw.get("steps_completed"), "at": time.time()}
+    await ctx.journal.record(JournalKey.POLL_STOPPED, json.dumps(stopped))
+    log.warning("fine_tune_stopping", fine_tune_id=job.id, reason=reason)
+    await _cancel(ctx, job.id)
+
+
+async def _cancel(ctx: JobContext, fine_tune_id: str) -> None:
+    remote = ctx.fine_tuning()
+    await retry(lambda: remote.cancel(fine_tune_id), policy=ctx.settings.retry_policy, what="cancel fine-tune")
+
+
+def _price_so_far(job: RemoteJob) -> float | None:
+    """The job's price pro rata of the steps done (Together bills a cancelled job for what it trained)."""
+    total = from_nanodollars(job.raw.get("total_price"))
+    done, steps = job.raw.get("steps_completed"), job.raw.get("total_steps")
+    if total is None or not isinstance(done, int) or not isinstance(steps, int) or steps <= 0:
+        return None
+    return total * done / steps
 
 
 async def _status_changed(ctx: JobContext, job: RemoteJob) -> None:
@@ -127,9 +164,14 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     """Poll `create.fine_tune_id` to the end; output the fine-tuned model name, or raise RemoteJobFailed."""
     fine_tune_id = str(inputs["create"]["fine_tune_id"])
     events = await EventLog.load(ctx.out_dir / EVENTS_FILE)
+    if ctx.journal.get(JournalKey.POLL_STOPPED):
+        await _cancel(ctx, fine_tune_id)  # a crash may have come between the record and the cancel
     job = await _poll_until_terminal(ctx, fine_tune_id, events)
     status = RemoteStatus(job.status)
     await _status_changed(ctx, job)
+    stopped = ctx.journal.get(JournalKey.POLL_STOPPED)
+    if stopped and status is RemoteStatus.CANCELLED:
+        return await _stopped_output(ctx, job, events, json.loads(stopped))
     if status in FAILED_STATUSES:
         reason = events.failure_message() or "no reason given"
         raise RemoteJobFailed(f"Together fine-tune {fine_tune_id} ended {status.value}: {reason}", remote_status=status)
@@ -147,6 +189,26 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         "events_file": EVENTS_FILE,
         "events": len(events.events),
         "final_loss": metrics_loss if metrics_loss is not None else events.last_loss(),
+        "total_price_usd": from_nanodollars(job.raw.get("total_price")),
+        "training_metrics_file": TRAINING_METRICS_FILE if record["metrics_rows"] is not None else None,
+        "checkpoints_file": CHECKPOINTS_FILE if record["checkpoints"] is not None else None,
+        **record,
+    }
+
+
+async def _stopped_output(ctx: JobContext, job: RemoteJob, events: EventLog, stopped: dict[str, Any]) -> StepOutput:
+    """A run a stop rule ended: no model to evaluate; its curve, checkpoints and the reason are kept."""
+    log.info("fine_tune_stopped", fine_tune_id=job.id, reason=stopped["reason"])
+    record = await _save_training_record(ctx, job.id)
+    record.pop("final_loss_from_metrics")
+    return {
+        "fine_tune_id": job.id,
+        "status": job.status,
+        "model": None,
+        "stopped": stopped,
+        "events_file": EVENTS_FILE,
+        "events": len(events.events),
+        "final_loss": events.last_loss(),
         "total_price_usd": from_nanodollars(job.raw.get("total_price")),
         "training_metrics_file": TRAINING_METRICS_FILE if record["metrics_rows"] is not None else None,
         "checkpoints_file": CHECKPOINTS_FILE if record["checkpoints"] is not None else None,

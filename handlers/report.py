@@ -122,6 +122,11 @@ def price_notes(inputs: StepInputs) -> list[str]:
         notes.append(f"Price charged for the fine-tune: {usd(total)}.")
     if isinstance(serving := inputs.get("release", {}).get("note"), str):
         notes.append(serving)  # the dedicated endpoint's minutes and cost (handlers/serving.py)
+    if isinstance(stopped := inputs.get("poll", {}).get("stopped"), dict):
+        notes.append(
+            f"Stopped early at step {stopped.get('steps_completed')}: {stopped.get('reason')}. The fine-tune was "
+            "cancelled on Together and is not evaluated."
+        )
     return notes
 
 

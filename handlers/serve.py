@@ -88,6 +88,8 @@ async def _serverless(ctx: JobContext, remote: FineTuneAPI, model: str) -> bool:
 
 async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     """Serve `poll.model`; the output's `model` is what evaluate asks for the fine-tuned model."""
+    if inputs["poll"].get("stopped"):
+        return {"mode": "none", "model": None, "skipped": "the fine-tune was stopped: there is nothing to serve"}
     model = str(inputs["poll"]["model"])
     remote = ctx.fine_tuning()
     if await _serverless(ctx, remote, model):

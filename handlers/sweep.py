@@ -105,7 +105,8 @@ async def run_variant(variant: Variant, shared: StepInputs, base_done: asyncio.E
             await _checkpointed(ctx, "create", create.run, inputs)
             await ctx.progress(status="training", fine_tune_id=inputs["create"]["fine_tune_id"])
             await _checkpointed(ctx, "poll", poll.run, inputs)
-            await _evaluated(ctx, inputs, base_done)
+            if not inputs["poll"].get("stopped"):
+                await _evaluated(ctx, inputs, base_done)
             await _checkpointed(ctx, "report", report.run, inputs)
         except Paused:
             raise
@@ -115,8 +116,12 @@ async def run_variant(variant: Variant, shared: StepInputs, base_done: asyncio.E
             await ctx.journal.record("error", json.dumps({"type": type(exc).__name__, "message": str(exc)}))
             await ctx.journal.record("outcome", "failed")
             return
-    await ctx.journal.record("outcome", "completed")
-    await ctx.progress(status="completed")
+    stopped = inputs["poll"].get("stopped")
+    if stopped:
+        await ctx.journal.record("error", json.dumps({"type": "Stopped", "message": stopped["reason"]}))
+    outcome = "stopped" if stopped else "completed"
+    await ctx.journal.record("outcome", outcome)
+    await ctx.progress(status=outcome)
 
 
 async def _evaluated(ctx: JobContext, inputs: dict[str, StepOutput], base_done: asyncio.Event) -> None:

@@ -13,7 +13,17 @@ import pytest
 import yaml
 
 from daemon.sandbox import SandboxHandle, start_sandbox
-from tests.process import API_KEY, daemon_env, run_cli, run_daemon, spec_text, statuses, write_coqa
+from tests.process import (
+    API_KEY,
+    daemon_env,
+    run_cli,
+    run_daemon,
+    sandbox_admin,
+    spec_text,
+    stats,
+    statuses,
+    write_coqa,
+)
 
 
 @pytest.fixture
@@ -110,3 +120,29 @@ async def test_from_checkpoint_of_a_job_without_a_fine_tune_fails_clearly(spool:
     second = next(job for job in statuses(spool) if job != first)
     error = statuses(spool)[second]["error"]
     assert error["step"] == "create" and f"from_checkpoint names job {first}" in error["message"]
+
+
+async def test_rising_eval_loss_stops_and_cancels_the_run_and_the_report_says_why(spool: Path) -> None:
+    """A scripted overfitting run: stop_when's patience fires, the fine-tune is cancelled, nothing is evaluated."""
+    slow = await start_sandbox(speed=300.0, retry_after_s=0.05)
+    try:
+        await sandbox_admin(slow.base_url, "eval-trends", {"eval_loss": "rising"})
+        extra = "  validation_size: 2\n"
+        text = spec_text("overfit", spool / "data", evaluate=True, extra=extra).replace(
+            "  n_epochs: 1\n", "  n_epochs: 3\n  n_evals: 6\n  stop_when:\n    eval_loss_patience: 2\n"
+        )
+        drop(spool, "overfit", text)
+        code, _, stderr = await run_daemon(daemon_env(spool, slow.base_url), timeout_s=120)
+        assert code == 0, stderr[-3000:]
+        ((job_id, status),) = statuses(spool).items()
+        assert status["status"] == "completed", status.get("error")
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        url = f"{slow.base_url}/v1/fine-tunes/{status['remote']['fine_tune_id']}"
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+            remote = await response.json()
+        assert remote["status"] == "cancelled" and remote["steps_completed"] < remote["total_steps"]
+        assert (await stats(slow.base_url)).get("POST /v1/chat/completions", 0) == 0
+        report = await asyncio.to_thread((spool / "outbox" / job_id / "report.md").read_text)
+        assert "Stopped early at step" in report and "has not improved for 2 evaluations" in report
+    finally:
+        await slow.close()

@@ -32,6 +32,7 @@ class JournalKey(enum.StrEnum):
     CREATE_INTENT = "create.intent"  # the tag in the fine-tune's suffix, before creating it
     FINE_TUNE_ID = "fine_tune_id"
     POLL_DEADLINE = "poll.deadline_at"  # epoch seconds after which polling gives up
+    POLL_STOPPED = "poll.stopped"  # JSON {reason, step}: a stop_when rule fired; recorded before the cancel
     MODEL = "model"  # the fine-tuned model's name, once the fine-tune completed
     ENDPOINT_INTENT = "serve.intent"  # the tag in the endpoint's display_name, before creating it
     ENDPOINT_ID = "endpoint_id"

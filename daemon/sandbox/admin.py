@@ -124,6 +124,17 @@ async def job_outcome(request: web.Request) -> web.Response:
     return web.json_response({"pending": len(sb.outcomes)})
 
 
+@routes.post("/_sandbox/eval-trends")
+async def eval_trend(request: web.Request) -> web.Response:
+    """Make the next `count` fine-tunes' validation loss `rising` (overfitting) or `falling` (the default)."""
+    body = await _body(request)
+    if not isinstance(body, dict) or body.get("eval_loss") not in ("rising", "falling"):
+        return _bad("eval_loss must be rising or falling")
+    sb = request.app[SANDBOX]
+    sb.eval_trends.extend([str(body["eval_loss"])] * int(body.get("count", 1)))
+    return web.json_response({"pending": len(sb.eval_trends)})
+
+
 @routes.post("/_sandbox/batch-outcomes")
 async def batch_outcome(request: web.Request) -> web.Response:
     """Make the next `count` batches (or batch `batch_id`) end FAILED or EXPIRED at fraction `at` of their run."""

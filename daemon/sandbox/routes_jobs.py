@@ -168,7 +168,9 @@ def _new_job(sb: Sandbox, body: dict[str, Any], estimate: dict[str, Any]) -> San
     outcome = sb.next_outcome(job_id)
     if outcome is None and train.report is not None and not train.report["valid"]:
         outcome = Outcome("user_error", f"Training file {train.id} failed validation: {train.report['error']}", at=0.0)
+    trend = sb.eval_trends.pop(0) if sb.eval_trends else "falling"
     return SandboxJob(
+        eval_trend=trend,
         id=job_id,
         request=body,
         created_at_s=sb.clock(),

@@ -175,6 +175,7 @@ class SandboxJob:
     seed: int
     outcome: Outcome | None = None
     cancel_at_s: float | None = None
+    eval_trend: str = "falling"  # "rising": the validation loss climbs from its second evaluation (overfitting)
     _script: tuple[list[tuple[float, str]], list[tuple[float, dict[str, Any]]]] | None = field(default=None, repr=False)
 
     # -- the script: status transitions and events at simulated offsets --------------------------------------

@@ -75,6 +75,7 @@ class Sandbox:
     files: dict[str, SandboxFile] = field(default_factory=dict)
     jobs: dict[str, SandboxJob] = field(default_factory=dict)
     outcomes: list[PendingOutcome] = field(default_factory=list)
+    eval_trends: list[str] = field(default_factory=list)  # scripted eval-loss trends for the next jobs created
     batches: dict[str, SandboxBatch] = field(default_factory=dict)
     batch_outcomes: list[PendingOutcome] = field(default_factory=list)
     seen_models: set[str] = field(default_factory=set)
@@ -93,6 +94,7 @@ class Sandbox:
         self.files.clear()
         self.jobs.clear()
         self.outcomes.clear()
+        self.eval_trends.clear()
         self.batches.clear()
         self.batch_outcomes.clear()
         self.seen_models.clear()

@@ -27,11 +27,18 @@ def metrics(job: SandboxJob, now_s: float) -> list[dict[str, float]]:
         if _reached(job, now_s, step):
             row = {"train/loss": job.loss_at(step), "train/learning_rate": _learning_rate(job, step)}
             rows.append((step, 0, {**row, "train/global_step": float(step)}))
-    for step in eval_steps(job):
+    for index, step in enumerate(eval_steps(job)):
         if _reached(job, now_s, step):
-            eval_loss = round(job.loss_at(step) + EVAL_LOSS_GAP, 4)
-            rows.append((step, 1, {"eval/loss": eval_loss, "eval/global_step": float(step)}))
+            rows.append((step, 1, {"eval/loss": eval_loss(job, index, step), "eval/global_step": float(step)}))
     return [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))]
+
+
+def eval_loss(job: SandboxJob, index: int, step: int) -> float:
+    """The validation loss at the `index`-th evaluation: just above the training loss, or (scripted `rising`)
+    climbing by 0.15 per evaluation after the first, as an overfitting run's does."""
+    if job.eval_trend == "rising":
+        return round(job.loss_at(step) + EVAL_LOSS_GAP + 0.15 * index + 0.01 * index * index, 4)
+    return round(job.loss_at(step) + EVAL_LOSS_GAP, 4)
 
 
 def checkpoints(job: SandboxJob, now_s: float, iso: Any) -> list[dict[str, Any]]:
