@@ -36,8 +36,11 @@ log = structlog.get_logger()
 
 
 def applies(spec: JobSpec) -> bool:
-    """The step runs when the spec evaluates its own fine-tune."""
-    return spec.finetune is not None and spec.evaluate is not None and "finetuned" in spec.evaluate.models
+    """The step runs when the spec evaluates its own fine-tune on Together (not on an `evaluate.endpoints` URL)."""
+    evaluate = spec.evaluate
+    if spec.finetune is None or evaluate is None:
+        return False
+    return "finetuned" in evaluate.models and "finetuned" not in evaluate.endpoints
 
 
 def expected_minutes(evaluate: EvaluateSpec, inputs: StepInputs) -> float:
