@@ -88,8 +88,9 @@ async def assert_one_endpoint_deleted(sandbox: SandboxHandle) -> None:
 
 
 async def test_a_base_without_serverless_lora_is_evaluated_on_one_endpoint(spool: Path) -> None:
-    """Base and fine-tuned are evaluated; one endpoint, deleted; its cost in status, metrics and the report."""
-    sandbox = await dedicated_sandbox()
+    """Base and fine-tuned are evaluated (against a lean sandbox: contract fields only); one endpoint, deleted; its
+    cost in status, metrics and the report."""
+    sandbox = await dedicated_sandbox(lean=True)
     try:
         drop(spool, "dedicated")
         code, _, stderr = await run_daemon(daemon_env(spool, sandbox.base_url), timeout_s=120)
