@@ -129,7 +129,7 @@ class EvaluateSpec(_Strict):
     replicas: PositiveInt = 1
     inactive_timeout_min: int | None = Field(default=None, ge=0)  # Together stops an idle endpoint after this
     max_endpoint_usd: float | None = Field(default=None, gt=0)  # refuse above it, stop the endpoint on reaching it
-    expected_eval_min: float | None = Field(default=None, gt=0)  # the endpoint's expected run (default: estimated)
+    expected_eval_min: float | None = Field(default=None, gt=0)  # expected billed minutes (default: estimated)
     endpoint_start_timeout_min: float = Field(default=30.0, gt=0)  # give up waiting for STARTED after this
 
 

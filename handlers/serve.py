@@ -36,15 +36,18 @@ log = structlog.get_logger()
 
 
 def applies(spec: JobSpec) -> bool:
-    """The step runs when the spec evaluates its own fine-tune."""
-    return spec.finetune is not None and spec.evaluate is not None and "finetuned" in spec.evaluate.models
+    """The step runs when the spec evaluates its own fine-tune on Together (not on an `evaluate.endpoints` URL)."""
+    evaluate = spec.evaluate
+    if spec.finetune is None or evaluate is None:
+        return False
+    return "finetuned" in evaluate.models and "finetuned" not in evaluate.endpoints
 
 
 def expected_minutes(evaluate: EvaluateSpec, inputs: StepInputs) -> float:
-    """How long the endpoint is expected to bill: start-up plus the evaluation (the spec's, else estimated from
-    the eval set's turns at SECONDS_PER_ANSWER over `concurrency` requests in flight)."""
+    """How long the endpoint is expected to bill: the spec's `expected_eval_min` (start-up included), else
+    STARTUP_ALLOWANCE_MIN plus the eval set's turns at SECONDS_PER_ANSWER over `concurrency` requests in flight."""
     if evaluate.expected_eval_min is not None:
-        return STARTUP_ALLOWANCE_MIN + evaluate.expected_eval_min
+        return evaluate.expected_eval_min
     turns = inputs.get("prepare", {}).get("counts", {}).get("eval", {}).get("turns") or 0
     return STARTUP_ALLOWANCE_MIN + float(turns) * SECONDS_PER_ANSWER / evaluate.concurrency / 60
 

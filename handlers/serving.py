@@ -95,6 +95,7 @@ async def _delete(ctx: JobContext, remote: FineTuneAPI, tag: str) -> str | None:
 
 async def _released(ctx: JobContext) -> dict[str, Any] | None:
     """Delete the endpoint once and record what it cost; None when the job never asked for one."""
+    reached = budget_reached(ctx)
     _disarm(ctx.job_id)
     done = ctx.journal.get(JournalKey.ENDPOINT_RELEASED)
     if done:
@@ -109,7 +110,7 @@ async def _released(ctx: JobContext) -> dict[str, Any] | None:
         "usd_per_minute": float(ctx.journal.get(JournalKey.ENDPOINT_PRICE) or 0.0),
         "minutes": minutes,
         "cost_usd": cost,
-        "budget_reached": budget_reached(ctx),
+        "budget_reached": reached,
     }
     await ctx.journal.record(JournalKey.ENDPOINT_RELEASED, json.dumps(record))
     await asyncio.to_thread(_publish, ctx.out_dir, record)

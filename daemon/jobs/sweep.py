@@ -22,27 +22,31 @@ log = structlog.get_logger()
 
 
 async def finished_tags(store: StateStore) -> dict[str, str]:
-    """Endpoint tag -> job id, for every ended job that journaled an endpoint intent."""
+    """Endpoint tag -> job id, for every ended job that journaled an endpoint intent and no release."""
     tags: dict[str, str] = {}
     for job_id in await store.job_ids():
         record = await store.job(job_id)
         if record is None or record.status not in TERMINAL:
             continue
-        for key, tag in record.journal.items():  # a sweep's variants journal theirs as `<variant>/endpoint.intent`
-            if key == JournalKey.ENDPOINT_INTENT or key.endswith(f"/{JournalKey.ENDPOINT_INTENT}"):
+        for key, tag in record.journal.items():  # a sweep's variants journal theirs as `<variant>/serve.intent`
+            if key != JournalKey.ENDPOINT_INTENT and not key.endswith(f"/{JournalKey.ENDPOINT_INTENT}"):
+                continue
+            prefix = key.removesuffix(JournalKey.ENDPOINT_INTENT)
+            if not record.journal.get(prefix + JournalKey.ENDPOINT_RELEASED):
                 tags[tag] = job_id
     return tags
 
 
 async def sweep_endpoints(store: StateStore, remote: FineTuneAPI, *, timeout_s: float) -> list[str]:
-    """Delete the endpoints of ended jobs (listed before the journals are read, so a job starting now is never
-    swept); returns their ids. One try within `timeout_s`: a failure is logged and the next start-up retries."""
+    """Delete the endpoints of ended jobs (call it before any job resumes); returns their ids. Nothing is asked of
+    Together when no ended job ever had an endpoint. One try within `timeout_s`: a failure is logged and the next
+    start-up tries again."""
+    tags = await finished_tags(store)
+    if not tags:
+        return []
     try:
         async with asyncio.timeout(timeout_s):
             listed = await remote.find_endpoints(DISPLAY_PREFIX)
-            if not listed:
-                return []
-            tags = await finished_tags(store)
             swept = []
             for endpoint in listed:
                 job_id = tags.get(endpoint.display_name.removeprefix(DISPLAY_PREFIX))

@@ -13,9 +13,13 @@ Everything it answers is SIMULATED; reports made against it must say so. What it
   list, retrieve (with events), events, cancel. Ids look like Together's: `file-<uuid>`, `ft-<uuid>`.
 * Job clock: pending 20 s, queued 40 s, running (10 s setup + 3 s per step), compressing 30 s, uploading 30 s,
   completed, in simulated seconds; real time is simulated time / `speed`. Steps per epoch are
-  ceil(lines / batch size) with at least 10 (batch "max" = 128), at most 2000 steps in all. `training_progress`
-  events carry a falling loss `0.35 + 1.55 exp(-4 step/total_steps)` (+-0.03 deterministic noise) in the fields
-  `step`/`loss` and in the message ("Step 12/40: train loss 1.0123"); `eval_complete` events carry `eval_loss`.
+  ceil(lines / batch size) with at least 10 (batch "max" = 128), at most 2000 steps in all. Events carry every
+  field the contract requires, with its type/level enums (no loss field: `epoch_complete` messages say "train loss
+  1.0123"); `GET /v1/fine-tunes/{id}/metrics` answers `{"metrics": [{"train/loss", "train/learning_rate",
+  "train/global_step"}, {"eval/loss", "eval/global_step"}...]}` (loss `0.35 + 1.55 exp(-4 step/total_steps)`
+  +-0.03 deterministic noise, about 40 rows; eval rows at `n_evals` steps), `/checkpoints` the saved ones
+  (`n_checkpoints` spread, the last "Final" once completed); `DELETE /v1/fine-tunes/{id}`,
+  `GET /v1/fine-tunes/models/supported`.
   `model_output_name` is `sandbox/<base model>-<suffix>-<8 hex of the job id>`. A cancel goes
   cancel_requested -> cancelled (5 simulated s). A job whose training file failed validation ends `user_error`.
 * Price: tokens = ceil(file bytes / 4); train tokens = tokens x n_epochs, eval tokens = validation tokens x
@@ -71,6 +75,13 @@ Everything it answers is SIMULATED; reports made against it must say so. What it
   "request_id", "body": <chat.completion>}, "error": null}`, the same answers as real-time chat. A cancel while
   VALIDATING or IN_PROGRESS ends CANCELLED with the requests answered so far in the output file. The files are
   read at `GET /v1/files/{id}/content`. Batch errors use `{"error": "..."}` (the contract's BatchErrorResponse).
+* Dedicated endpoints (the contract's `/v1/endpoints`, `/v1/hardware?model=`; endpoints.py): hardware with
+  `cents_per_minute` and availability, filtered by the model's size; an endpoint is PENDING, STARTING, then STARTED
+  after `endpoint_startup_s` simulated s, billed per started minute x replicas until stopped (PATCH `state`),
+  deleted (204) or idle past `inactive_timeout`; chat to its `name` only while STARTED (else 400
+  `dedicated_endpoint_not_running`). `POST /_sandbox/endpoint-failures` `{"message", "at_s", "count"}` sends the
+  next endpoints to ERROR. Stats: `endpoints: {created, running, deleted, minutes_billed, cost_usd}`.
+* `lean` (knob, `--lean`): every answer listed in lean.py is pruned to the fields the contract declares.
 * Errors use Together's shape `{"id", "error": {"message", "type", "param", "code"}}`. `/v1/` routes want
   `Authorization: Bearer <any key>` (or exactly `api_key` when one is configured).
 * Faults. `fault_rate` answers that share of `/v1/` requests with a random 429 (Retry-After, retry-after-ms,
@@ -100,7 +111,8 @@ Everything it answers is SIMULATED; reports made against it must say so. What it
   "batch_id": null}` ends the next batch(es) (or one batch) that way at fraction `at` of its run (an EXPIRED
   batch keeps what it answered; the rest go to the error file as `batch_expired`); `GET`/`POST /_sandbox/config`
   with the knobs speed, latency_ms, fault_rate, retry_after_s, user_limit_usd, slots, context_tokens, flavour,
-  rate_limit_rpm, rate_limit_tpm, serverless_lora (also `start_sandbox(...)` keywords and `--kebab-case` flags;
+  rate_limit_rpm, rate_limit_tpm, serverless_lora, lean, endpoint_startup_s (also `start_sandbox(...)` keywords
+  and `--kebab-case` flags;
   defaults: slots 0, context_tokens 0, flavour together, rate limits 0, serverless_lora
   meta-llama/Meta-Llama-3.1-8B-Instruct-Reference and meta-llama/Meta-Llama-3.1-70B-Instruct-Reference).
 """
@@ -155,7 +167,7 @@ class SandboxHandle:
 async def start_sandbox(host: str = "127.0.0.1", port: int = 0, **knobs: Unpack[SandboxKnobs]) -> SandboxHandle:
     """Start serving on `host:port` (0 = a free port) and return once it accepts connections. Knobs: speed,
     latency_ms, fault_rate, seed, retry_after_s, api_key, user_limit_usd, slots, context_tokens, flavour,
-    rate_limit_rpm, rate_limit_tpm, serverless_lora (see the package docstring and knobs.py)."""
+    rate_limit_rpm, rate_limit_tpm, serverless_lora, lean, endpoint_startup_s (see the package docstring)."""
     sandbox = build_sandbox(knobs)
     listener = Listener(host, port)
     runner = web.AppRunner(

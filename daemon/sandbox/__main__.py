@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="base models whose LoRA fine-tunes are served serverless",
     )
     parser.add_argument(
+        "--endpoint-startup-s", type=float, default=120.0, help="simulated seconds a dedicated endpoint takes to start"
+    )
+    parser.add_argument(
         "--lean", action="store_true", help="answer only the fields Together's published contract declares"
     )
 
@@ -69,6 +72,7 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
             rate_limit_tpm=args.rate_limit_tpm,
             serverless_lora=args.serverless_lora,
             lean=args.lean,
+            endpoint_startup_s=args.endpoint_startup_s,
         )
     )
     loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ STOPPING_S = 10.0
 GB_PER_BILLION_PARAMS = 2.0  # bf16 weights
 MEMORY_HEADROOM = 0.8  # weights may fill this share of the GPUs' memory
 UNSIZED_BILLIONS = 8.0
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)B(?![a-z])", re.IGNORECASE)
+_SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)B(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class SandboxEndpoint:
     inactive_timeout_min: int | None
     created_at_s: float
     speed: float
+    startup_s: float = STARTUP_S  # simulated seconds from (re)start to STARTED
     started_at_s: float | None = None  # when it was (re)started; None while never started
     stopped_at_s: float | None = None  # when a stop was asked (or the inactivity timeout fired)
     error_at_s: float | None = None
@@ -109,7 +110,7 @@ class SandboxEndpoint:
         """When the inactivity timeout stops it (wall seconds), if it is set and started."""
         if not self.inactive_timeout_min or self.started_at_s is None:
             return None
-        ready_s = self.started_at_s + STARTUP_S / self.speed
+        ready_s = self.started_at_s + self.startup_s / self.speed
         idle_since = max(ready_s, self.last_used_s or ready_s)
         return idle_since + self.inactive_timeout_min * 60 / self.speed
 
@@ -128,7 +129,7 @@ class SandboxEndpoint:
         if self.started_at_s is None:
             return "STOPPED"
         up = self._sim(self.started_at_s, now_s)
-        return "PENDING" if up < PENDING_S else "STARTING" if up < STARTUP_S else "STARTED"
+        return "PENDING" if up < min(PENDING_S, self.startup_s) else "STARTING" if up < self.startup_s else "STARTED"
 
     def billed_minutes(self, now_s: float) -> int:
         """Started minutes billed so far (ceil per started period), including earlier periods."""

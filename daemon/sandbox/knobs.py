@@ -30,6 +30,7 @@ class SandboxKnobs(TypedDict, total=False):
     rate_limit_tpm: int
     serverless_lora: str | Sequence[str]
     lean: bool
+    endpoint_startup_s: float
 
 
 def build_sandbox(knobs: SandboxKnobs) -> Sandbox:
@@ -75,6 +76,7 @@ def describe(sb: Sandbox) -> dict[str, Any]:
         "rate_limit_tpm": sb.limiter.tokens.limit_per_min,
         "serverless_lora": list(sb.serverless_lora),
         "lean": sb.lean,
+        "endpoint_startup_s": sb.endpoint_startup_s,
     }
 
 
@@ -144,6 +146,12 @@ def _set_serverless(sb: Sandbox, value: Any) -> None:
     sb.serverless_lora = parse_models(value)
 
 
+def _set_startup(sb: Sandbox, value: Any) -> None:
+    if float(value) < 0:
+        raise ValueError("endpoint_startup_s must be >= 0")
+    sb.endpoint_startup_s = float(value)
+
+
 def _set_lean(sb: Sandbox, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError("lean must be true or false")
@@ -163,6 +171,7 @@ SETTERS: dict[str, Callable[[Sandbox, Any], None]] = {
     "rate_limit_tpm": _set_tpm,
     "serverless_lora": _set_serverless,
     "lean": _set_lean,
+    "endpoint_startup_s": _set_startup,
 }
 DEFAULTS: dict[str, Any] = {
     "speed": DEFAULT_SPEED,
@@ -177,4 +186,5 @@ DEFAULTS: dict[str, Any] = {
     "rate_limit_tpm": 0,
     "serverless_lora": ",".join(DEFAULT_SERVERLESS_LORA),
     "lean": False,
+    "endpoint_startup_s": 120.0,
 }

@@ -45,7 +45,8 @@ def _replicas(body: dict[str, Any]) -> tuple[int, int]:
 def _new_endpoint(sb: Sandbox, body: dict[str, Any]) -> SandboxEndpoint:
     model = _servable(sb, body.get("model"))
     hardware = next((hw for hw in CATALOGUE if hw.id == body.get("hardware")), None)
-    if hardware is None or hardware not in hardware_for(model):
+    job = sb.completed_output(model)
+    if hardware is None or hardware not in hardware_for(str(job.request.get("model")) if job is not None else model):
         raise Refused(f"Hardware {body.get('hardware')!r} is not available for {model}", param="hardware")
     if hardware.availability != "available":
         raise Refused(f"Hardware {hardware.id} is {hardware.availability} right now", param="hardware")
@@ -66,6 +67,7 @@ def _new_endpoint(sb: Sandbox, body: dict[str, Any]) -> SandboxEndpoint:
         inactive_timeout_min=timeout or None,
         created_at_s=now,
         speed=sb.speed,
+        startup_s=sb.endpoint_startup_s,
     )
     if body.get("state", "STARTED") == "STARTED":
         endpoint.start(now)
@@ -164,7 +166,9 @@ async def hardware(request: web.Request) -> web.Response:
     """The hardware catalogue with prices and availability; `?model=` keeps the configurations that fit it."""
     sb = request.app[SANDBOX]
     updated = iso(sb.started_at_s)
-    listed = hardware_for(request.query.get("model"))
+    model = request.query.get("model")
+    job = sb.completed_output(model) if model else None
+    listed = hardware_for(str(job.request.get("model")) if job is not None else model)  # a fine-tune: its base
     return web.json_response({"object": "list", "data": [hw.to_json(updated) for hw in listed]})
 
 

@@ -66,6 +66,7 @@ class Sandbox:
     flavour: str = "together"
     context_tokens: int = 0
     serverless_lora: tuple[str, ...] = DEFAULT_SERVERLESS_LORA
+    endpoint_startup_s: float = 120.0  # simulated seconds a dedicated endpoint takes to start
     lean: bool = False  # answer only the fields the contract declares (lean.py)
     serving: ChatServing = field(default_factory=ChatServing)
     limiter: RateLimiter = field(default_factory=RateLimiter)

@@ -58,6 +58,7 @@ async def test_module_serves_until_sigterm() -> None:
             "rate_limit_tpm": 0,
             "serverless_lora": ["org/a", "org/b"],
             "lean": True,
+            "endpoint_startup_s": 120.0,
         }
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):

@@ -1,0 +1,176 @@
+"""Steps `serve` and `release` against the sandbox: serverless or dedicated, one endpoint, always deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import Settings
+from daemon.errors import RemoteJobFailed, RemoteRejected
+from daemon.jobs.context import JobContext, JournalKey
+from daemon.jobs.state import JobStatus, StateStore
+from daemon.jobs.sweep import sweep_endpoints
+from daemon.remote.api import EndpointRequest
+from daemon.remote.together import TogetherAPI
+from daemon.sandbox import SandboxHandle, start_sandbox
+from daemon.spec import JobSpec
+from handlers import create, poll, serve, upload
+from handlers.serving import ENDPOINT_FILE
+from tests.daemon.sandbox.helpers import BASE_MODEL, DictJournal, admin, make_ctx, write_chat_jsonl
+
+OTHER_BASE = "Qwen/Qwen2.5-7B-Instruct"  # not among the sandbox's serverless LoRA bases
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[SandboxHandle]:
+    """A sandbox whose small fine-tunes take about 0.3 s and endpoints start in 0.24 s."""
+    handle = await start_sandbox(speed=500.0, retry_after_s=0.02)
+    yield handle
+    await handle.close()
+
+
+def spec_for(model: str, **evaluate: Any) -> JobSpec:
+    """A spec fine-tuning `model` and evaluating base and fine-tuned (evaluate keys as given)."""
+    return JobSpec.model_validate(
+        {
+            "name": "demo",
+            "dataset": {"source": "unused"},
+            "finetune": {"model": model},
+            "evaluate": {"models": ["base", "finetuned"], **evaluate},
+        }
+    )
+
+
+async def fine_tuned(
+    tmp_path: Path, settings: Settings, api: TogetherAPI, spec: JobSpec, journal: DictJournal | None = None
+) -> tuple[JobContext, dict[str, Any]]:
+    """Upload, create and poll for real; returns the context and the serve step's inputs."""
+    ctx = make_ctx(tmp_path, spec, settings, api, journal or DictJournal())
+    uploaded = await upload.run(ctx, {"prepare": {"train_file": str(write_chat_jsonl(tmp_path / "train.jsonl"))}})
+    made = await create.run(ctx, {"upload": uploaded})
+    polled = await poll.run(ctx, {"upload": uploaded, "create": made})
+    counts = {"eval": {"items": 2, "turns": 12}}
+    return ctx, {"prepare": {"counts": counts}, "upload": uploaded, "create": made, "poll": polled}
+
+
+async def endpoint_stats(sandbox: SandboxHandle) -> dict[str, Any]:
+    """The sandbox's endpoint counters."""
+    counted: dict[str, Any] = (await admin(sandbox.base_url, "GET", "/_sandbox/stats"))["endpoints"]
+    return counted
+
+
+async def test_auto_serves_a_serverless_lora_without_an_endpoint(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """A LoRA of a serverless base is found in the models list: evaluate asks the fine-tuned model itself."""
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec_for(BASE_MODEL))
+    out = await serve.run(ctx, inputs)
+    assert out == {"mode": "serverless", "model": inputs["poll"]["model"]}
+    assert (await serve.release(ctx, {**inputs, "serve": out}))["mode"] == "serverless"
+    assert (await endpoint_stats(sandbox))["created"] == 0
+
+
+async def test_auto_puts_another_base_on_one_dedicated_endpoint_then_deletes_it(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """Not served serverless: one endpoint on the cheapest available hardware, STARTED, its name given to evaluate;
+    release deletes it and records minutes and cost (journal, endpoint.json, the step's note)."""
+    journal = DictJournal()
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec_for(OTHER_BASE), journal)
+    out = await serve.run(ctx, inputs)
+    endpoint = sandbox.sandbox.live_endpoint(out["endpoint_id"])
+    assert endpoint is not None and out["model"] == endpoint.name and endpoint.model == inputs["poll"]["model"]
+    assert endpoint.hardware.id == "1x_nvidia_a100_80gb_pcie" and out["usd_per_minute"] == pytest.approx(0.04)
+    assert endpoint.display_name == "finetuned-" + journal.values[JournalKey.ENDPOINT_INTENT]
+    intent = [k for k, _ in journal.writes].index(JournalKey.ENDPOINT_INTENT)
+    assert intent < [k for k, _ in journal.writes].index(JournalKey.ENDPOINT_ID)
+    released = await serve.release(ctx, {**inputs, "serve": out})
+    assert released["mode"] == "dedicated" and released["minutes"] >= 1 and released["cost_usd"] > 0
+    assert "Dedicated endpoint" in released["note"]
+    assert json.loads(journal.values[JournalKey.ENDPOINT_RELEASED])["endpoint_id"] == out["endpoint_id"]
+    assert json.loads((ctx.out_dir / ENDPOINT_FILE).read_text())["cost_usd"] == released["cost_usd"]
+    await serve.cleanup(ctx, "completed")  # idempotent: nothing more is deleted or created
+    counted = await endpoint_stats(sandbox)
+    assert counted["created"] == 1 and counted["running"] == 0 and counted["deleted"] == 1
+
+
+async def test_price_above_max_endpoint_usd_is_refused_before_creating(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """$0.04/min x the expected 10+ minutes is above $0.10: refused, no endpoint created, nothing journaled."""
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec_for(OTHER_BASE, max_endpoint_usd=0.10))
+    with pytest.raises(RemoteRejected, match="max_endpoint_usd"):
+        await serve.run(ctx, inputs)
+    assert (await endpoint_stats(sandbox))["created"] == 0
+    assert ctx.journal.get(JournalKey.ENDPOINT_INTENT) is None
+
+
+async def test_an_endpoint_in_error_fails_with_togethers_reason_and_is_deleted(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """ERROR while starting: the job fails with Together's message; the cleanup deletes the endpoint."""
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec_for(OTHER_BASE, serve="dedicated"))
+    body = {"message": "insufficient capacity in zone", "at_s": 30}
+    await admin(sandbox.base_url, "POST", "/_sandbox/endpoint-failures", body)
+    with pytest.raises(RemoteJobFailed, match="insufficient capacity in zone"):
+        await serve.run(ctx, inputs)
+    await serve.cleanup(ctx, "failed")
+    counted = await endpoint_stats(sandbox)
+    assert counted["created"] == 1 and counted["running"] == 0 and counted["deleted"] == 1
+
+
+async def test_a_crash_between_intent_and_id_adopts_the_tagged_endpoint(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """The intent was journaled and the endpoint created, but its id was lost: the rerun adopts it."""
+    journal = DictJournal()
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec_for(OTHER_BASE), journal)
+    await journal.record(JournalKey.ENDPOINT_INTENT, "abcde1234")
+    request = EndpointRequest(inputs["poll"]["model"], "1x_nvidia_a100_80gb_pcie", 1, "finetuned-abcde1234")
+    made = await api.create_endpoint(request)
+    out = await serve.run(ctx, inputs)
+    assert out["endpoint_id"] == made.id and journal.values[JournalKey.ENDPOINT_ID] == made.id
+    await serve.cleanup(ctx, "cancelled")
+    counted = await endpoint_stats(sandbox)
+    assert counted["created"] == 1 and counted["running"] == 0
+
+
+async def test_the_spend_guard_stops_the_endpoint_at_max_endpoint_usd(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """With a budget of 0.6 s of billing (expected time set below it), the guard stops the endpoint."""
+    spec = spec_for(OTHER_BASE, max_endpoint_usd=0.0004, expected_eval_min=0.001)
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec)
+    out = await serve.run(ctx, inputs)
+    endpoint = sandbox.sandbox.live_endpoint(out["endpoint_id"])
+    assert endpoint is not None
+    async with asyncio.timeout(5):
+        while endpoint.billing(sandbox.sandbox.clock()):
+            await asyncio.sleep(0.05)
+    released = await serve.release(ctx, {**inputs, "serve": out})
+    assert released["budget_reached"] is True and "max_endpoint_usd" in released["note"]
+
+
+async def test_start_up_sweep_deletes_endpoints_of_ended_jobs_only(
+    tmp_path: Path, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """An ended job's tagged endpoint is deleted; an unfinished job's and an untagged one are left alone."""
+    store = await StateStore.open(tmp_path / "state.db")
+    try:
+        for job_id, tag in (("ended-1", "aaaaa0001"), ("running-1", "bbbbb0002")):
+            await store.add_job(job_id, job_id, str(tmp_path / "spec.yaml"))
+            await store.record(job_id, JournalKey.ENDPOINT_INTENT, tag)
+        await store.set_status("ended-1", JobStatus.failed)
+        made = {}
+        for name in ("finetuned-aaaaa0001", "finetuned-bbbbb0002", "someone-else"):
+            made[name] = await api.create_endpoint(EndpointRequest(BASE_MODEL, "1x_nvidia_a100_80gb_pcie", 1, name))
+        swept = await sweep_endpoints(store, api, timeout_s=5)
+    finally:
+        await store.close()
+    assert swept == [made["finetuned-aaaaa0001"].id]
+    assert (await endpoint_stats(sandbox))["running"] == 2
