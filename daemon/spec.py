@@ -105,6 +105,10 @@ class EvaluateSpec(_Strict):
     stop: list[str] | None = None
     request_timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: PositiveInt = 6
+    # Items failing for transient reasons are asked again in rounds until this deadline (from the step's start).
+    deadline_min: float = Field(default=120.0, gt=0)
+    # The share of a model's items that may stay missing at the deadline; above it the step fails (incomplete).
+    max_missing_share: float = Field(default=0.0, ge=0, le=1)
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
 
 

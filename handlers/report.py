@@ -190,11 +190,13 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> tuple[str, list[str], lis
             m["overall"]["f1"],
             m["overall"]["turns"],
             m["errors"],
+            m.get("truncated", 0),
+            m.get("missing", 0),
             m["tokens"]["total"],
         ]
         for a, m in models.items()
     ]
-    tables = [_table(["model", "name", "EM", "F1", "turns", "errors", "tokens"], overall)]
+    tables = [_table(["model", "name", "EM", "F1", "turns", "errors", "truncated", "missing", "tokens"], overall)]
     buckets = list(next(iter(models.values()))["by_turn_depth"])
     depth = [
         [a, metric.upper(), *[_depth_cell(m["by_turn_depth"][b], metric) for b in buckets]]

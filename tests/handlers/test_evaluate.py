@@ -243,7 +243,7 @@ async def test_eval_only_spec_against_sandbox_writes_predictions_and_metrics(
     assert base["official"] == scoring.domain_scores(gold, scoring.score_turns(gold, preds))
     progress = ctx.progress.calls[-1]  # type: ignore[attr-defined]
     assert (progress["done"], progress["total"], progress["errors"]) == (2 * turns, 2 * turns, 0)
-    assert progress["models"]["base"] == {"done": turns, "total": turns, "errors": 0}
+    assert progress["models"]["base"] == {"done": turns, "total": turns, "errors": 0, "missing": 0}
 
 
 async def test_resume_asks_only_missing_items(tmp_path: Path, sandbox: SandboxHandle) -> None:
