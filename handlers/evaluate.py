@@ -17,6 +17,7 @@ from daemon.errors import DatasetError, EvaluationIncomplete, Paused, RemoteReje
 from daemon.jobs.context import JobContext, StepInputs, StepOutput
 from daemon.remote.backoff import RetryPolicy
 from daemon.remote.chat import ChatClient, ChatEndpoint, chat_url
+from daemon.remote.limit import LimitTuning
 from daemon.spec import EvaluateSpec
 from daemon.spool.files import write_json
 from handlers.evaluation import scoring
@@ -35,6 +36,8 @@ ITEM_RETRY_MAX_S = 600.0
 # Backoff between rounds that ask the transiently failed items again (full jitter, seconds).
 ROUND_BASE_S = 1.0
 ROUND_CAP_S = 60.0
+# The per-provider limit's constants (initial limit, latency tolerance, probe delays while a provider is down).
+LIMIT_TUNING = LimitTuning()
 
 
 def resolve_targets(ctx: JobContext, evaluate: EvaluateSpec, finetuned_model: str | None) -> list[Target]:
@@ -79,6 +82,7 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     async with ChatClient(
         concurrency=evaluate.concurrency,
         request_timeout_s=evaluate.request_timeout_s,
+        tuning=LIMIT_TUNING,
         retry_policy=RetryPolicy(
             attempts=evaluate.max_attempts, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, max_total_s=ITEM_RETRY_MAX_S
         ),

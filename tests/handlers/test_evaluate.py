@@ -132,7 +132,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class Recorder:
-    """Answers `ans:<last question>`; `LONG` questions get a context-length 400 and `EMPTY` ones an empty answer."""
+    """Answers `ans:<last question>`; `LONG` questions get a context-length 400, `EMPTY` ones an empty answer and
+    `FLAKY` ones a 502 (every time)."""
 
     bodies: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200
@@ -152,6 +153,8 @@ class Recorder:
         question = body["messages"][-1]["content"]
         if self.status != 200:
             return web.json_response({"error": {"message": f"refused {question}", "type": "x"}}, status=self.status)
+        if "FLAKY" in question:
+            return web.json_response({"error": {"message": "bad gateway", "type": "server_error"}}, status=502)
         if "LONG" in question:
             message = "This model's maximum context length is 8192 tokens"
             return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)
