@@ -113,6 +113,11 @@ class Settings:
         return self.state_dir / "cancel"
 
     @property
+    def retry_dir(self) -> Path:
+        """`finetuned retry` leaves one empty file per request here; the daemon acts on it and removes it."""
+        return self.state_dir / "retry"
+
+    @property
     def lock_path(self) -> Path:
         """The single-instance lock file."""
         return self.state_dir / "finetuned.lock"

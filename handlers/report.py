@@ -182,20 +182,7 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> tuple[str, list[str], lis
         f" {metrics.get('turns')} turns per model;"
         f" scores on a {scale} scale ({'cookbook: main gold only' if scale == '0-1' else 'official CoQA scorer'})."
     ]
-    overall = [
-        [
-            a,
-            m["model"],
-            m["overall"]["em"],
-            m["overall"]["f1"],
-            m["overall"]["turns"],
-            m["errors"],
-            m.get("truncated", 0),
-            m.get("missing", 0),
-            m["tokens"]["total"],
-        ]
-        for a, m in models.items()
-    ]
+    overall = [_overall_row(a, m) for a, m in models.items()]
     tables = [_table(["model", "name", "EM", "F1", "turns", "errors", "truncated", "missing", "tokens"], overall)]
     buckets = list(next(iter(models.values()))["by_turn_depth"])
     depth = [
@@ -216,6 +203,13 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> tuple[str, list[str], lis
     ]
     tables.append(_table(["official F1 / EM", *domains], official))
     return ("Evaluation", text, tables, ["turn-depth.png"])
+
+
+def _overall_row(alias: str, m: Mapping[str, Any]) -> list[Any]:
+    """One model's row of the overall table (truncated answers and missing items included)."""
+    overall = m["overall"]
+    counts = [m["errors"], m.get("truncated", 0), m.get("missing", 0), m["tokens"]["total"]]
+    return [alias, m["model"], overall["em"], overall["f1"], overall["turns"], *counts]
 
 
 def _depth_cell(block: Mapping[str, Any], metric: str) -> str:

@@ -179,6 +179,24 @@ class StateStore:
                 raise
         return int(rows[0][0])
 
+    async def reopen(self, job_id: str) -> None:
+        """A failed job queued again (`finetuned retry`): its error cleared, the attempts of its unfinished steps
+        reset; finished steps keep their outputs."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.execute(
+                    "UPDATE steps SET attempts=0 WHERE job_id=? AND status!=?", (job_id, StepStatus.done)
+                )
+                await self._db.execute(
+                    "UPDATE jobs SET status=?, error=NULL, updated_at=? WHERE job_id=?",
+                    (JobStatus.queued, time.time(), job_id),
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
     async def refund_attempt(self, job_id: str, step: str) -> None:
         """Take back an attempt that was interrupted by a shutdown or a pause, not by the step itself."""
         await self._write(
