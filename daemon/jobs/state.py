@@ -149,11 +149,16 @@ class StateStore:
     async def set_status(
         self, job_id: str, status: JobStatus, *, step: str | None = None, error: dict[str, Any] | None = None
     ) -> None:
-        """Change a job's status (and current step / error)."""
+        """Change a job's status (and current step / error); a failed job has no step left `running`."""
         await self._write(
             "UPDATE jobs SET status=?, step=COALESCE(?, step), error=?, updated_at=? WHERE job_id=?",
             (status, step, json.dumps(error) if error else None, time.time(), job_id),
         )
+        if status is JobStatus.failed:
+            await self._write(
+                "UPDATE steps SET status=?, finished_at=? WHERE job_id=? AND status=?",
+                (StepStatus.failed, time.time(), job_id, StepStatus.running),
+            )
 
     async def begin_step(self, job_id: str, step: str) -> int:
         """Count an attempt of `step` *before* it runs; returns the attempt number."""
