@@ -92,10 +92,11 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         for target in targets:
             session.records[target.alias] = await ctx.items.load(target.alias)
         missing = await ask_until_complete(session, targets, stories, Rounds(deadline_s, ROUND_BASE_S, ROUND_CAP_S))
+        limits = client.limits()
     records = {t.alias: session.records[t.alias] for t in targets}
     if not any(missing.values()):
         _fail_if_nothing_answered(records, session.first_error)
-    output = await _write_outputs(ctx, evaluate, targets, stories, records, simulated=bool(sandbox_urls))
+    output = await _write_outputs(ctx, evaluate, targets, stories, records, limits=limits, simulated=bool(sandbox_urls))
     _fail_if_incomplete(evaluate, missing, tracker, session.first_error)
     return output
 
@@ -137,6 +138,7 @@ async def _write_outputs(
     stories: list[EvalStory],
     records: Mapping[str, Mapping[str, Mapping[str, Any]]],
     *,
+    limits: Mapping[str, Any],
     simulated: bool,
 ) -> StepOutput:
     """Score every model and write predictions-<alias>.jsonl (in a thread: scoring is CPU work), then metrics.json."""
@@ -150,6 +152,7 @@ async def _write_outputs(
         "turns": sum(len(s.turns) for s in stories),
         "models": per_model,
         "deltas": scoring.deltas(per_model, targets[0].alias) if len(targets) > 1 else {},
+        "concurrency": dict(limits),
     }
     metrics_path = ctx.out_dir / "metrics.json"
     await write_json(metrics_path, document)

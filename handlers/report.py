@@ -183,6 +183,7 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> tuple[str, list[str], lis
         f" scores on a {scale} scale ({'cookbook: main gold only' if scale == '0-1' else 'official CoQA scorer'})."
     ]
     overall = [_overall_row(a, m) for a, m in models.items()]
+    text += [_limit_line(provider, limit) for provider, limit in (metrics.get("concurrency") or {}).items()]
     tables = [_table(["model", "name", "EM", "F1", "turns", "errors", "truncated", "missing", "tokens"], overall)]
     buckets = list(next(iter(models.values()))["by_turn_depth"])
     depth = [
@@ -203,6 +204,16 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> tuple[str, list[str], lis
     ]
     tables.append(_table(["official F1 / EM", *domains], official))
     return ("Evaluation", text, tables, ["turn-depth.png"])
+
+
+def _limit_line(provider: str, limit: Mapping[str, Any]) -> str:
+    """How the adaptive in-flight limit of one provider moved (metrics.json `concurrency`)."""
+    history = limit.get("history") or [[0, limit.get("final")]]
+    over_time = ", ".join(f"{value} at {t:g} s" for t, value in history[:: max(1, len(history) // 8)])
+    return (
+        f"In-flight limit for `{provider}` (ceiling {limit.get('ceiling')}): between {limit.get('min')} and"
+        f" {limit.get('max')}, {limit.get('final')} at the end; over time: {over_time}."
+    )
 
 
 def _overall_row(alias: str, m: Mapping[str, Any]) -> list[Any]:

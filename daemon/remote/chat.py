@@ -169,6 +169,10 @@ class ChatClient:
             return False
         return isinstance(body, dict) and "requests" in body
 
+    def limits(self) -> dict[str, dict[str, object]]:
+        """Each provider's limit story (see ConcurrencyLimit.summary), by provider origin."""
+        return {provider.limit.name: provider.limit.summary() for provider in self._providers.values()}
+
     def limit_of(self, url: str) -> ConcurrencyLimit | None:
         """The adaptive limit of the provider at `url`, once a request has gone there."""
         provider = self._providers.get(url)

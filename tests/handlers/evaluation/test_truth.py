@@ -25,6 +25,7 @@ async def test_predictions_carry_finish_reason_and_tokens_and_truncation_is_coun
     await report.run(ctx, {"evaluate": output})
     table = (ctx.out_dir / "report.md").read_text()
     assert "| errors | truncated | missing |" in table and "| m-short | m-short |" in table
+    assert f"In-flight limit for `{handle.base_url}` (ceiling 16)" in table
     row = next(line for line in table.splitlines() if line.startswith("| m-short |"))
     assert row.split(" | ")[6:8] == ["8", "0"]  # truncated, missing
     lines = read_jsonl(ctx.out_dir / "predictions-m-short.jsonl")
@@ -34,6 +35,8 @@ async def test_predictions_carry_finish_reason_and_tokens_and_truncation_is_coun
     metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
     model = metrics["models"]["m-short"]
     assert (model["answered"], model["truncated"], model["errors"], model["missing"]) == (8, 8, 0, 0)
+    (limit,) = metrics["concurrency"].values()
+    assert limit["ceiling"] == 16 and 1 <= limit["min"] <= limit["final"] <= limit["max"] <= 16 and limit["history"]
     assert model["completeness"] == {"items": 8, "answered": 8, "permanent_errors": 0, "missing": 0, "missing_share": 0}
 
 
