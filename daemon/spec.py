@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.errors import SpecError
 
@@ -90,6 +91,13 @@ class Endpoint(_Strict):
 
     base_url: str = Field(min_length=1)
     api_key_env: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s?#]+", value, re.IGNORECASE):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
 
 class EvaluateSpec(_Strict):

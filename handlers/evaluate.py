@@ -15,6 +15,7 @@ import structlog
 
 from daemon.errors import DatasetError, EvaluationIncomplete, Paused, RemoteRejected, SpecError
 from daemon.jobs.context import JobContext, StepInputs, StepOutput
+from daemon.remote import hosts
 from daemon.remote.backoff import RetryPolicy
 from daemon.remote.chat import ChatClient, ChatEndpoint, chat_url
 from daemon.remote.limit import LimitTuning
@@ -40,9 +41,12 @@ ROUND_CAP_S = 60.0
 LIMIT_TUNING = LimitTuning()
 
 
-def resolve_targets(ctx: JobContext, evaluate: EvaluateSpec, finetuned_model: str | None) -> list[Target]:
-    """Each alias of `evaluate.models` with its model name and endpoint (its own, else Together's / the sandbox)."""
-    keys: Mapping[str, str] = ctx.settings.named_secrets
+async def resolve_targets(ctx: JobContext, evaluate: EvaluateSpec, finetuned_model: str | None) -> list[Target]:
+    """Each alias of `evaluate.models` with its model name and endpoint (its own, else Together's / the sandbox).
+
+    A custom endpoint must be http(s) and not link-local / metadata, and gets a key only if the operator allows
+    that variable for that host (daemon/remote/hosts.py); an allowed but unset key pauses.
+    """
     targets: list[Target] = []
     for alias in evaluate.models:
         model = ctx.spec.resolve_model(alias, finetuned_model)
@@ -52,13 +56,15 @@ def resolve_targets(ctx: JobContext, evaluate: EvaluateSpec, finetuned_model: st
             url = chat_url(base) if base else TOGETHER_INFERENCE_URL
             targets.append(Target(alias, model, ChatEndpoint(url, ctx.settings.together_api_key)))
             continue
+        what = f"evaluate.endpoints.{alias}"
+        base_url = hosts.check_base_url(f"{what}.base_url", custom.base_url, ctx.settings)
+        await hosts.check_resolved(f"{what}.base_url", base_url, ctx.settings)
         key = None
         if custom.api_key_env:
-            key = keys.get(custom.api_key_env)
+            hosts.check_key_for(f"{what}.api_key_env", custom.api_key_env, base_url, ctx.settings)
+            key = hosts.key_value(custom.api_key_env, ctx.settings)
             if not key:
-                raise Paused(
-                    f"evaluate.endpoints.{alias}.api_key_env: environment variable {custom.api_key_env} is unset"
-                )
+                raise Paused(f"{what}.api_key_env: environment variable {custom.api_key_env} is unset")
         targets.append(Target(alias, model, ChatEndpoint(chat_url(custom.base_url), key)))
     return targets
 
@@ -77,12 +83,13 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         raise DatasetError("nothing to evaluate: the prepare step wrote no eval file (see dataset.eval_split)")
     deadline_s = time.monotonic() + evaluate.deadline_min * 60.0
     stories = await asyncio.to_thread(load_eval_file, Path(eval_file), evaluate.limit)
-    targets = resolve_targets(ctx, evaluate, inputs.get("poll", {}).get("model"))
+    targets = await resolve_targets(ctx, evaluate, inputs.get("poll", {}).get("model"))
     tracker = Tracker(ctx, {target.alias: sum(len(story.turns) for story in stories) for target in targets})
     async with ChatClient(
         concurrency=evaluate.concurrency,
         request_timeout_s=evaluate.request_timeout_s,
         tuning=LIMIT_TUNING,
+        secrets=ctx.settings.secrets(),
         retry_policy=RetryPolicy(
             attempts=evaluate.max_attempts, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, max_total_s=ITEM_RETRY_MAX_S
         ),

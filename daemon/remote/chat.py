@@ -5,6 +5,7 @@ requests, an adaptive per-provider limit that honours rate-limit headers, and re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,8 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from daemon.errors import TransientError, Unavailable
+from daemon.errors import FinetunedError, TransientError, Unavailable
+from daemon.logs import Redactor
 from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
 from daemon.remote.classify import classify, is_quota, retry_after_s, seconds
 from daemon.remote.limit import ConcurrencyLimit, LimitTuning
@@ -126,11 +128,15 @@ class ChatClient:
         request_timeout_s: float,
         retry_policy: RetryPolicy,
         tuning: LimitTuning | None = None,
+        secrets: Sequence[str] = (),
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
         self.concurrency = concurrency
         self.tuning = tuning
+        # Every key it sends, and the daemon's other secrets, are scrubbed from what it returns or raises (an
+        # error body or an answer echoing the Authorization header), so no caller can write them anywhere.
+        self._redactor = Redactor(secrets)
         self.request_timeout_s = request_timeout_s
         self.retry_policy = retry_policy
         self._sleep = sleep
@@ -184,6 +190,7 @@ class ChatClient:
         The retry time cap counts time on the wire and in backoff, not time spent queueing for a slot.
         """
         provider = self._provider(endpoint.url)
+        self._redactor.add(endpoint.api_key)
         queued_s = 0.0
         attempts = 0
 
@@ -223,14 +230,22 @@ class ChatClient:
             waited_s = self._clock() - queued_at
             try:
                 status, headers, raw = await self._post(provider.session, endpoint, request)
-            except Unavailable:
+            except Unavailable as exc:
                 provider.limit.unavailable(generation)
-                raise
-            except TransientError:  # timed out: the server is slow, or its queue is long
+                raise self._scrubbed(exc) from None
+            except TransientError as exc:  # timed out: the server is slow, or its queue is long
                 provider.limit.dropped(generation)
-                raise
+                raise self._scrubbed(exc) from None
             rtt_s = self._clock() - queued_at - waited_s
-        return self._answer(provider, generation, (status, headers, raw), rtt_s), waited_s
+        try:
+            reply = self._answer(provider, generation, (status, headers, raw), rtt_s)
+        except FinetunedError as exc:
+            raise self._scrubbed(exc) from None
+        return dataclasses.replace(reply, content=self._redactor.scrub(reply.content)), waited_s
+
+    def _scrubbed(self, error: FinetunedError) -> FinetunedError:
+        error.args = tuple(self._redactor.scrub(list(error.args)))
+        return error
 
     def _answer(
         self, provider: _Provider, generation: int, answer: tuple[int, Mapping[str, str], bytes], rtt_s: float

@@ -136,6 +136,7 @@ class Recorder:
     `FLAKY` ones a 502 (every time)."""
 
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
     status: int = 200
     in_flight: int = 0
     peak: int = 0
@@ -144,6 +145,7 @@ class Recorder:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.bodies.append(body)
+        self.authorizations.append(request.headers.get("Authorization"))
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
@@ -417,14 +419,13 @@ async def test_every_request_failing_fails_with_the_first_error(tmp_path: Path, 
 
 
 async def test_missing_endpoint_key_pauses(tmp_path: Path) -> None:
-    """An endpoint whose api_key_env is not available pauses instead of sending unauthenticated requests."""
+    """An endpoint whose (allowed) api_key_env is not available pauses instead of sending unauthenticated requests."""
     small_stories(tmp_path / "eval.jsonl")
     endpoint = {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "MY_PROVIDER_KEY"}
     spec = {"models": ["m"], "endpoints": {"m": endpoint}}
+    settings = Settings(endpoint_keys="MY_PROVIDER_KEY=127.0.0.1")
     with pytest.raises(Paused, match="MY_PROVIDER_KEY"):
-        await evaluate.run(
-            make_ctx(tmp_path, Settings(), spec), {"prepare": {"eval_file": str(tmp_path / "eval.jsonl")}}
-        )
+        await evaluate.run(make_ctx(tmp_path, settings, spec), {"prepare": {"eval_file": str(tmp_path / "eval.jsonl")}})
 
 
 def test_eval_file_errors_name_the_line(tmp_path: Path) -> None:
