@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from daemon.config import Settings  # noqa: E402
 from daemon.errors import EvaluationIncomplete  # noqa: E402
 from daemon.jobs.context import JobContext  # noqa: E402
+from daemon.remote.chat import ChatClient  # noqa: E402
 from daemon.remote.limit import LimitTuning  # noqa: E402
 from daemon.spec import JobSpec  # noqa: E402
 from handlers import evaluate  # noqa: E402
@@ -71,14 +72,20 @@ def eval_rows(stories: int, turns: int) -> list[dict[str, Any]]:
 class Items:
     """An in-memory item store."""
 
-    def __init__(self) -> None:
+    def __init__(self, signal_at: int = 0) -> None:
         self.groups: dict[str, dict[str, dict[str, Any]]] = {}
+        self.saves = 0
+        self.signal_at = signal_at
+        self.reached = asyncio.Event()
 
     async def load(self, group: str) -> dict[str, dict[str, Any]]:
         return dict(self.groups.get(group, {}))
 
     async def save(self, group: str, item_id: str, record: dict[str, Any]) -> None:
         self.groups.setdefault(group, {})[item_id] = record
+        self.saves += 1
+        if self.signal_at and self.saves >= self.signal_at:
+            self.reached.set()
 
 
 class Journal:
@@ -124,9 +131,28 @@ def start_sandbox_process(args: argparse.Namespace) -> tuple[subprocess.Popen[by
     raise SystemExit("the sandbox did not start")
 
 
-async def run_once(args: argparse.Namespace, base_url: str, work: Path, tuning: LimitTuning) -> dict[str, Any]:
-    """One evaluation with `tuning`; the sandbox's counters and the metrics' limit story."""
+class CountingClient(ChatClient):
+    """The real client, remembered so the run can read how many requests it sent (refused ones included)."""
+
+    last: ChatClient | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        CountingClient.last = self
+
+
+async def outage_midway(base_url: str, items: Items, seconds: float) -> None:
+    """Take the sandbox down (refused connections) for `seconds` once half the items are answered."""
+    await items.reached.wait()
+    await asyncio.to_thread(sandbox_call, base_url, "/_sandbox/outage", {"seconds": seconds, "mode": "refuse"})
+
+
+async def run_once(
+    args: argparse.Namespace, base_url: str, work: Path, tuning: LimitTuning, outage_s: float = 0.0
+) -> dict[str, Any]:
+    """One evaluation with `tuning` (and a refuse outage midway); the sandbox's counters and the limit's story."""
     evaluate.LIMIT_TUNING = tuning
+    evaluate.ChatClient = CountingClient  # type: ignore[misc]
     eval_file = work / "eval.jsonl"
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in eval_rows(args.stories, args.turns)))
     spec = {
@@ -135,24 +161,31 @@ async def run_once(args: argparse.Namespace, base_url: str, work: Path, tuning: 
         "concurrency": args.concurrency,
         "request_timeout_s": args.timeout_s,
         "max_tokens": 64,
-        "deadline_min": args.deadline_min,
+        "deadline_min": max(args.deadline_min, 10.0) if outage_s else args.deadline_min,
     }
     job = JobSpec.model_validate({"name": "bench", "dataset": {"source": "local"}, "evaluate": spec})
     out = work / "out"
     out.mkdir(exist_ok=True)
     settings = Settings(together_base_url=base_url, together_api_key="bench-key")
-    ctx = JobContext("bench", job, settings, out, work, Journal(), Items(), no_progress)  # type: ignore[arg-type]
+    items = Items(signal_at=args.stories * args.turns if outage_s else 0)  # half of the two models' items
+    ctx = JobContext("bench", job, settings, out, work, Journal(), items, no_progress)  # type: ignore[arg-type]
     sandbox_call(base_url, "/_sandbox/reset", {})
     started = time.monotonic()
     incomplete = None
+    outage = None
+    if outage_s:
+        outage = asyncio.create_task(outage_midway(base_url, items, outage_s))
     try:
         await evaluate.run(ctx, {"prepare": {"eval_file": str(eval_file)}})
     except EvaluationIncomplete as exc:
         incomplete = str(exc)[:160]
     wall_s = time.monotonic() - started
+    if outage is not None:
+        await outage
     stats = sandbox_call(base_url, "/_sandbox/stats")
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"wall_s": wall_s, "stats": stats, "metrics": metrics, "incomplete": incomplete}
+    sent = CountingClient.last.requests_sent if CountingClient.last is not None else 0
+    return {"wall_s": wall_s, "stats": stats, "metrics": metrics, "incomplete": incomplete, "sent": sent}
 
 
 def summary(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -173,6 +206,7 @@ def summary(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "missing": sum(m["missing"] for m in models),
         "limit": {k: limit[k] for k in ("min", "max", "final")} | {"median_late": statistics.median(second_half)},
         "peak_queue": run["stats"]["chat"]["peak_queue_depth"],
+        "sent": run["sent"],
         "incomplete": run["incomplete"],
     }
 
@@ -217,6 +251,30 @@ def markdown(args: argparse.Namespace, adaptive: dict[str, Any], fixed: dict[str
     return header + "\n".join(rows) + tail
 
 
+def outage_markdown(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    """The outage run against the undisturbed adaptive one."""
+    if "outage" not in results:
+        return ""
+    r, calm = results["outage"], results["adaptive"]
+    failed = r["sent"] - r["served"]
+    calm_limit = f"{calm['limit']['min']}–{calm['limit']['max']} / {calm['limit']['final']}"
+    return (
+        f"\nOutage: the same adaptive run with the sandbox refusing connections for {args.outage_s:g} s once half"
+        ' the items are answered (`POST /_sandbox/outage {"mode": "refuse"}`; default backoffs and probe'
+        " delays, `deadline_min` 10):\n\n| run | wall time | items answered / missing | requests sent / failed |"
+        " limit min–max / final |\n|---|---|---|---|---|\n"
+        f"| no outage | {calm['wall_s']} s | {calm['answered']} / {calm['missing']} | {calm['sent']} /"
+        f" {calm['sent'] - calm['served']} | {calm_limit} |\n"
+        f"| {args.outage_s:g} s outage | {r['wall_s']} s | {r['answered']} / {r['missing']} | {r['sent']} / {failed}"
+        f" | {r['limit']['min']}–{r['limit']['max']} / {r['limit']['final']} |\n\n"
+        f"Every item is answered and the step completes; the outage cost {r['wall_s'] - calm['wall_s']:.1f} s of"
+        f" wall time for {args.outage_s:g} s down (a probe goes out every 0.5-10 s while it lasts; the first one"
+        f" after it reopens every slot). {failed} requests failed in all — the ones the outage cut off plus one"
+        " probe at a time while it lasted — where a client without the health gate spends every item's attempts within"
+        " seconds.\n"
+    )
+
+
 def write_section(section: str) -> None:
     text = REPORT.read_text()
     if SECTION in text:
@@ -237,20 +295,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout-s", type=float, default=0.5)
     parser.add_argument("--deadline-min", type=float, default=1.0)
+    parser.add_argument("--outage-s", type=float, default=20.0, help="a third run with a refuse outage (0: none)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     process, base_url = start_sandbox_process(args)
     try:
         results = {}
-        for name, tuning in (("adaptive", LimitTuning()), ("fixed", FIXED)):
+        runs = [("adaptive", LimitTuning(), 0.0), ("fixed", FIXED, 0.0)]
+        runs += [("outage", LimitTuning(), args.outage_s)] if args.outage_s else []
+        for name, tuning, outage_s in runs:
             with tempfile.TemporaryDirectory() as work:
-                run = asyncio.run(run_once(args, base_url, Path(work), tuning))
+                run = asyncio.run(run_once(args, base_url, Path(work), tuning, outage_s))
             results[name] = summary(run, args)
             print(name, json.dumps(results[name]), flush=True)
     finally:
         process.terminate()
         process.wait(10)
-    section = markdown(args, results["adaptive"], results["fixed"])
+    section = markdown(args, results["adaptive"], results["fixed"]) + outage_markdown(args, results)
     print(section)
     if args.write:
         write_section(section)
