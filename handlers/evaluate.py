@@ -104,12 +104,12 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     if not any(missing.values()):
         _fail_if_nothing_answered(records, session.first_error)
     output = await _write_outputs(ctx, evaluate, targets, stories, records, limits=limits, simulated=bool(sandbox_urls))
-    _fail_if_incomplete(evaluate, missing, tracker, session.first_error)
+    _fail_if_incomplete(evaluate, missing, tracker, session.last_transient)
     return output
 
 
 def _fail_if_incomplete(
-    evaluate: EvaluateSpec, missing: Mapping[str, int], tracker: Tracker, first: Exception | None
+    evaluate: EvaluateSpec, missing: Mapping[str, int], tracker: Tracker, last: Exception | None
 ) -> None:
     """Raise EvaluationIncomplete naming every model whose missing share is over `evaluate.max_missing_share`."""
     over = {
@@ -123,7 +123,7 @@ def _fail_if_incomplete(
     raise EvaluationIncomplete(
         f"evaluation incomplete at its deadline (evaluate.deadline_min {evaluate.deadline_min:g}, "
         f"{tracker.round - 1} round(s)): {'; '.join(parts)}, over evaluate.max_missing_share "
-        f"{evaluate.max_missing_share:g}; last transient error: {first}. The answers so far are kept: "
+        f"{evaluate.max_missing_share:g}; last transient error: {last}. The answers so far are kept: "
         "`finetuned retry JOB` asks only the missing items again"
     )
 

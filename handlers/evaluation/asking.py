@@ -92,6 +92,7 @@ class Session:
         self.tracker = tracker
         self.records: Records = {}
         self.first_error: FinetunedError | None = None
+        self.last_transient: TransientError | None = None
 
     async def ask(self, target: Target, story: EvalStory, index: int, own: Mapping[int, str | None]) -> dict[str, Any]:
         """Ask one turn, save its record (answer, error or transient failure) and count it."""
@@ -108,6 +109,8 @@ class Session:
         except (TransientError, RemoteRejected) as exc:
             record = error_record(exc)
             self.first_error = self.first_error or exc
+            if isinstance(exc, TransientError):
+                self.last_transient = exc
         record |= {"story_id": story.id, "turn_id": turn.turn_id, "model": target.model}
         key = item_id(story.id, turn.turn_id)
         if record["error"] is not None:
