@@ -54,6 +54,8 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", parents=[spool], help="cancel a job (and its remote fine-tune)")
     cancel.add_argument("job", help="a job id, or its start when only one job matches")
 
+    retry = commands.add_parser("retry", parents=[spool], help="run a failed job again from its failed step")
+    retry.add_argument("job", help="a job id, or its start when only one job matches")
     _experiment_commands(commands, spool)
 
     score = commands.add_parser("score", help="score predictions with the official CoQA scorer's semantics")
@@ -135,7 +137,14 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
         from daemon import experiment
 
         return {"again": experiment.main_again, "compare": experiment.main_compare}[args.command](settings, args)
-    commands = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "check": cmd_check, "cancel": cmd_cancel}
+    commands = {
+        "run": cmd_run,
+        "submit": cmd_submit,
+        "status": cmd_status,
+        "check": cmd_check,
+        "cancel": cmd_cancel,
+        "retry": cmd_retry,
+    }
     return commands[args.command](args, settings)
 
 
@@ -267,24 +276,51 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return int(check_spec(args.spec, settings, sys.stdout))
 
 
-def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    """`finetuned cancel JOB`: leave a request the daemon acts on (it is the only writer of state)."""
-    query: str = args.job
+def _one_job(query: str, settings: Settings) -> dict[str, Any] | None:
+    """The status document of the one job `query` names (an id or its start); prints why not and returns None."""
     if not JOB_ID_PATTERN.match(query) or not is_candidate(query):
         print(f"finetuned: {query!r} is not a job id", file=sys.stderr)
-        return 1
-    matches = [str(d["job_id"]) for d in matching_jobs(read_statuses(settings.outbox), query) if "job_id" in d]
+        return None
+    matches = [d for d in matching_jobs(read_statuses(settings.outbox), query) if "job_id" in d]
     if not matches:
         print(f"finetuned: no job {query!r} in {settings.outbox}", file=sys.stderr)
-        return 1
+        return None
     if len(matches) > 1:
-        print(f"finetuned: {query!r} matches {len(matches)} jobs: {', '.join(matches)}; name one", file=sys.stderr)
-        return 1
-    (job_id,) = matches
-    folder = settings.cancel_dir
+        names = ", ".join(str(d["job_id"]) for d in matches)
+        print(f"finetuned: {query!r} matches {len(matches)} jobs: {names}; name one", file=sys.stderr)
+        return None
+    return matches[0]
+
+
+def _request(folder: Path, job_id: str) -> None:
+    """Leave a request file the daemon acts on (it is the only writer of state)."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / job_id, b"")
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """`finetuned cancel JOB`: leave a request the daemon acts on (it is the only writer of state)."""
+    document = _one_job(args.job, settings)
+    if document is None:
+        return 1
+    job_id = str(document["job_id"])
+    _request(settings.cancel_dir, job_id)
     print(f"cancel requested for {job_id}; the daemon acts on it within seconds (or at its next start)")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """`finetuned retry JOB`: run a failed job again from its failed step (e.g. an incomplete evaluation asks only
+    its missing items); the daemon acts on the request."""
+    document = _one_job(args.job, settings)
+    if document is None:
+        return 1
+    job_id = str(document["job_id"])
+    if document.get("status") != "failed":
+        print(f"finetuned: job {job_id} is {document.get('status')}; only a failed job can be retried", file=sys.stderr)
+        return 1
+    _request(settings.retry_dir, job_id)
+    print(f"retry requested for {job_id}; the daemon runs it again within seconds (or at its next start)")
     return 0
 
 

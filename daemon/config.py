@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,8 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_STATUS_PORT": "status_port",
     "FINETUNED_LOG_LEVEL": "log_level",
     "FINETUNED_CRASH_AT": "crash_at",
+    "FINETUNED_ENDPOINT_KEYS": "endpoint_keys",
+    "FINETUNED_ALLOW_LINK_LOCAL": "allow_link_local",
     "TOGETHER_API_KEY": "together_api_key",
     "TOGETHER_BASE_URL": "together_base_url",
 }
@@ -75,6 +77,13 @@ class Settings:
     status_port: int = 0
     log_level: str = "info"
     crash_at: str = ""
+    # Which key variables a spec's evaluate.endpoints.*.api_key_env may name, for which hosts (the operator's
+    # choice, not the spec's): `VAR=host[:port]|host2,VAR2=*` (see daemon/remote/hosts.py). TOGETHER_API_KEY is
+    # sent only to the Together base URL, whatever this says.
+    endpoint_keys: str = ""
+    # Allow evaluation endpoints on link-local / cloud metadata addresses (169.254.0.0/16, fe80::/10,
+    # fd00:ec2::254, metadata.google.internal); refused by default.
+    allow_link_local: bool = False
     together_api_key: str | None = dataclasses.field(default=None, repr=False)
     together_base_url: str | None = None
     notify_socket: str | None = None
@@ -113,6 +122,11 @@ class Settings:
         return self.state_dir / "cancel"
 
     @property
+    def retry_dir(self) -> Path:
+        """`finetuned retry` leaves one empty file per request here; the daemon acts on it and removes it."""
+        return self.state_dir / "retry"
+
+    @property
     def lock_path(self) -> Path:
         """The single-instance lock file."""
         return self.state_dir / "finetuned.lock"
@@ -139,8 +153,16 @@ def _credential(directory: str | None, name: str) -> str | None:
     return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
 
 
+def _flag(raw: str) -> bool:
+    """A yes/no variable: 1/true/yes/on or 0/false/no/off."""
+    value = raw.strip().lower()
+    if value not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        raise ValueError(raw)
+    return value in {"1", "true", "yes", "on"}
+
+
 def _convert(var: str, field: str, raw: str) -> object:
-    kind = {
+    kinds: dict[str, Callable[[str], object]] = {
         "inbox": Path,
         "outbox": Path,
         "state_dir": Path,
@@ -150,12 +172,14 @@ def _convert(var: str, field: str, raw: str) -> object:
         "max_spec_bytes": int,
         "status_port": int,
         "watchdog_usec": int,
-    }.get(field)
+        "allow_link_local": _flag,
+    }
+    kind = kinds.get(field)
     if kind is None and field.endswith("_s"):
         kind = float
     try:
         return kind(raw) if kind is not None else raw
     except ValueError as exc:
         raise StartupError(
-            f"environment variable {var}={raw!r} is not a valid {kind.__name__ if kind else 'value'}"
+            f"environment variable {var}={raw!r} is not a valid {getattr(kind, '__name__', 'value').strip('_')}"
         ) from exc

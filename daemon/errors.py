@@ -32,6 +32,11 @@ class TransientError(FinetunedError):
         self.http_status = http_status
 
 
+class Unavailable(TransientError):
+    """The server answers no request now (connection refused, a 503: model loading, overloaded, not ready): every
+    request to it would fail alike until it is back, so it is probed, not hammered."""
+
+
 class RemoteRejected(FinetunedError):
     """Permanent: the remote API refused the request (400/404/422) or a limit of the spec (price) refuses it."""
 
@@ -58,6 +63,11 @@ class Paused(FinetunedError):
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+class EvaluationIncomplete(FinetunedError):
+    """The evaluation's deadline passed with more items missing (transient failures) than the spec allows; the
+    answered ones are kept, and `finetuned retry` asks the missing ones again."""
 
 
 class AttemptsExhausted(FinetunedError):

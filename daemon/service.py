@@ -65,7 +65,7 @@ def single_instance(lock_path: Path) -> Any:
 
 def prepare_dirs(settings: Settings) -> None:
     """Create the spool folders and check that claiming (a rename) works between them."""
-    for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.cancel_dir):
+    for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.cancel_dir, settings.retry_dir):
         folder.mkdir(parents=True, exist_ok=True)
     inbox.check_same_filesystem(settings)
 
@@ -188,7 +188,7 @@ class Service:
 
     async def _watch(self) -> None:
         """watchfiles as a wake-up hint only; restarted when the inbox folder is replaced (which silences inotify)."""
-        watched = [self.settings.inbox, self.settings.cancel_dir]
+        watched = [self.settings.inbox, self.settings.cancel_dir, self.settings.retry_dir]
         while not self.stop.is_set():
             for folder in watched:
                 folder.mkdir(parents=True, exist_ok=True)

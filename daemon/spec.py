@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.errors import SpecError
 
@@ -107,6 +107,13 @@ class Endpoint(_Strict):
     base_url: str = Field(min_length=1)
     api_key_env: str | None = None
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s?#]+", value, re.IGNORECASE):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
 
 class EvaluateSpec(_Strict):
     """How to evaluate: protocol, models, generation settings and the bound on in-flight requests."""
@@ -121,6 +128,10 @@ class EvaluateSpec(_Strict):
     stop: list[str] | None = None
     request_timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: PositiveInt = 6
+    # Items failing for transient reasons are asked again in rounds until this deadline (from the step's start).
+    deadline_min: float = Field(default=120.0, gt=0)
+    # The share of a model's items that may stay missing at the deadline; above it the step fails (incomplete).
+    max_missing_share: float = Field(default=0.0, ge=0, le=1)
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
     # Where the fine-tuned model is served: `auto` asks Together (serverless when it serves the model, otherwise
     # a dedicated endpoint for the evaluation); the other keys apply to a dedicated endpoint.

@@ -192,19 +192,9 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> tuple[str, list[str], lis
         f" {metrics.get('turns')} turns per model;"
         f" scores on a {scale} scale ({'cookbook: main gold only' if scale == '0-1' else 'official CoQA scorer'})."
     ]
-    overall = [
-        [
-            a,
-            m["model"],
-            m["overall"]["em"],
-            m["overall"]["f1"],
-            m["overall"]["turns"],
-            m["errors"],
-            m["tokens"]["total"],
-        ]
-        for a, m in models.items()
-    ]
-    tables = [_table(["model", "name", "EM", "F1", "turns", "errors", "tokens"], overall)]
+    overall = [_overall_row(a, m) for a, m in models.items()]
+    text += [_limit_line(provider, limit) for provider, limit in (metrics.get("concurrency") or {}).items()]
+    tables = [_table(["model", "name", "EM", "F1", "turns", "errors", "truncated", "missing", "tokens"], overall)]
     buckets = list(next(iter(models.values()))["by_turn_depth"])
     depth = [
         [a, metric.upper(), *[_depth_cell(m["by_turn_depth"][b], metric) for b in buckets]]
@@ -224,6 +214,23 @@ def _evaluation_section(metrics: Mapping[str, Any]) -> tuple[str, list[str], lis
     ]
     tables.append(_table(["official F1 / EM", *domains], official))
     return ("Evaluation", text, tables, ["turn-depth.png"])
+
+
+def _limit_line(provider: str, limit: Mapping[str, Any]) -> str:
+    """How the adaptive in-flight limit of one provider moved (metrics.json `concurrency`)."""
+    history = limit.get("history") or [[0, limit.get("final")]]
+    over_time = ", ".join(f"{value} at {t:g} s" for t, value in history[:: max(1, len(history) // 8)])
+    return (
+        f"In-flight limit for `{provider}` (ceiling {limit.get('ceiling')}): between {limit.get('min')} and"
+        f" {limit.get('max')}, {limit.get('final')} at the end; over time: {over_time}."
+    )
+
+
+def _overall_row(alias: str, m: Mapping[str, Any]) -> list[Any]:
+    """One model's row of the overall table (truncated answers and missing items included)."""
+    overall = m["overall"]
+    counts = [m["errors"], m.get("truncated", 0), m.get("missing", 0), m["tokens"]["total"]]
+    return [alias, m["model"], overall["em"], overall["f1"], overall["turns"], *counts]
 
 
 def _depth_cell(block: Mapping[str, Any], metric: str) -> str:

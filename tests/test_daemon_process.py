@@ -136,6 +136,7 @@ async def test_poison_step_fails_the_job_after_n_attempts(spool: Path, sandbox: 
     docs = {d["name"]: d for d in statuses(spool).values()}
     assert docs["poison"]["status"] == "failed"
     assert docs["poison"]["error"]["type"] == "AttemptsExhausted" and docs["poison"]["error"]["step"] == "validate"
+    assert docs["poison"]["steps"]["validate"]["status"] == "failed" and "progress" not in docs["poison"]
     assert docs["healthy"]["status"] == "completed"
 
 

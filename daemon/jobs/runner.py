@@ -21,6 +21,7 @@ from daemon.config import Settings
 from daemon.errors import (
     AttemptsExhausted,
     BadInput,
+    EvaluationIncomplete,
     JobCancelled,
     Paused,
     RemoteJobFailed,
@@ -43,7 +44,7 @@ log = structlog.get_logger()
 
 PROGRESS_WRITE_INTERVAL_S = 1.0
 # The errors a job ends `failed` with, recorded with their message (any other exception is a crash: traceback too).
-JOB_FAILURES = (BadInput, RemoteRejected, RemoteJobFailed, TransientError, Paused)
+JOB_FAILURES = (BadInput, RemoteRejected, RemoteJobFailed, TransientError, Paused, EvaluationIncomplete)
 
 
 @dataclass
@@ -72,12 +73,10 @@ class Runner:
         listeners: Sequence[JobListener] = (),
     ) -> None:
         self.settings, self._store, self._gate, self._remote = settings, store, gate, remote
-        self._steps = steps
-        self._job_logs = job_logs
+        self._steps, self._job_logs = steps, job_logs
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._live: dict[str, LiveJob] = {}
-        self._on_change = on_change
-        self._listeners = tuple(listeners)
+        self._on_change, self._listeners = on_change, tuple(listeners)
 
     # -- what readers (the service, the status server) may know -----------------------------------------------
     @property
@@ -178,6 +177,15 @@ class Runner:
             return True
         await self._finish(job_id, JobStatus.cancelled, None)
         return True
+
+    async def request_retry(self, job_id: str) -> bool:
+        """Run a failed job again from its failed step (finished steps and saved items kept); False if not failed."""
+        record = await self._store.job(job_id)
+        if acted := record is not None and record.status is JobStatus.failed and job_id not in self._live:
+            await self._store.reopen(job_id)
+            await self.publish(job_id)
+            self.start(job_id)
+        return acted
 
     def interrupt_all(self) -> None:
         """Cancel every running job task at once (a second signal); their state is saved, they resume later."""

@@ -149,11 +149,16 @@ class StateStore:
     async def set_status(
         self, job_id: str, status: JobStatus, *, step: str | None = None, error: dict[str, Any] | None = None
     ) -> None:
-        """Change a job's status (and current step / error)."""
+        """Change a job's status (and current step / error); a failed job has no step left `running`."""
         await self._write(
             "UPDATE jobs SET status=?, step=COALESCE(?, step), error=?, updated_at=? WHERE job_id=?",
             (status, step, json.dumps(error) if error else None, time.time(), job_id),
         )
+        if status is JobStatus.failed:
+            await self._write(
+                "UPDATE steps SET status=?, finished_at=? WHERE job_id=? AND status=?",
+                (StepStatus.failed, time.time(), job_id, StepStatus.running),
+            )
 
     async def begin_step(self, job_id: str, step: str) -> int:
         """Count an attempt of `step` *before* it runs; returns the attempt number."""
@@ -178,6 +183,24 @@ class StateStore:
                 await self._db.execute("ROLLBACK")
                 raise
         return int(rows[0][0])
+
+    async def reopen(self, job_id: str) -> None:
+        """A failed job queued again (`finetuned retry`): its error cleared, the attempts of its unfinished steps
+        reset; finished steps keep their outputs."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.execute(
+                    "UPDATE steps SET attempts=0 WHERE job_id=? AND status!=?", (job_id, StepStatus.done)
+                )
+                await self._db.execute(
+                    "UPDATE jobs SET status=?, error=NULL, updated_at=? WHERE job_id=?",
+                    (JobStatus.queued, time.time(), job_id),
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
 
     async def refund_attempt(self, job_id: str, step: str) -> None:
         """Take back an attempt that was interrupted by a shutdown or a pause, not by the step itself."""

@@ -5,11 +5,10 @@ requests, an adaptive per-provider limit that honours rate-limit headers, and re
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import json
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -18,9 +17,11 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from daemon.errors import TransientError
+from daemon.errors import FinetunedError, TransientError, Unavailable
+from daemon.logs import Redactor
 from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
 from daemon.remote.classify import classify, is_quota, retry_after_s, seconds
+from daemon.remote.limit import ConcurrencyLimit, LimitTuning
 
 log = structlog.get_logger()
 
@@ -107,84 +108,10 @@ class RateHints:
         return self.retry_after_s if self.retry_after_s is not None else self.reset_s
 
 
-class AdaptiveLimit:
-    """In-flight limit of one provider: halves on a 429 (once per round of requests), grows back by one per round
-    of successes, and holds every request during a cooldown the provider asked for (Retry-After, reset headers).
-
-    Waiters are served first in, first out; a slot is handed straight to the next waiter on release.
-    """
-
-    def __init__(self, maximum: int, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
-        self.maximum = maximum
-        self.limit = float(maximum)
-        self.in_flight = 0
-        self._clock = clock
-        self._sleep = sleep
-        self._not_before = 0.0
-        self._generation = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
-        """Hold one slot; yields the generation the request is sent in (for `throttled`)."""
-        await self._acquire()
-        try:
-            # Checked after the slot is ours: a request queued before a 429 must not go out during its cooldown.
-            while (pause_s := self._not_before - self._clock()) > 0:
-                await self._sleep(pause_s)
-            yield self._generation
-        finally:
-            self.in_flight -= 1
-            self._wake()
-
-    def succeeded(self) -> None:
-        """A request went through: grow the limit by one per `limit` successes, up to the maximum."""
-        if self.limit < self.maximum:
-            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
-            self._wake()
-
-    def throttled(self, generation: int, wait_s: float | None) -> None:
-        """A 429: halve the limit unless a request of the same round already did, and pause for `wait_s`."""
-        if generation == self._generation:
-            self.limit = max(1.0, self.limit / 2)
-            self._generation += 1
-            log.info("rate_limited", limit=int(self.limit), wait_s=wait_s)
-        self.cool_down(wait_s)
-
-    def cool_down(self, wait_s: float | None) -> None:
-        """Send nothing for `wait_s` seconds (the provider's window is used up)."""
-        if wait_s is not None and wait_s > 0:
-            self._not_before = max(self._not_before, self._clock() + wait_s)
-
-    def _capacity(self) -> int:
-        return max(1, int(self.limit))
-
-    async def _acquire(self) -> None:
-        if not self._waiters and self.in_flight < self._capacity():
-            self.in_flight += 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter  # the releaser counted us in before waking us
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.in_flight -= 1
-                self._wake()
-            raise
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < self._capacity():
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
-
-
 @dataclass
 class _Provider:
     session: aiohttp.ClientSession
-    limit: AdaptiveLimit
+    limit: ConcurrencyLimit
 
 
 class ChatClient:
@@ -200,10 +127,16 @@ class ChatClient:
         concurrency: int,
         request_timeout_s: float,
         retry_policy: RetryPolicy,
+        tuning: LimitTuning | None = None,
+        secrets: Sequence[str] = (),
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
         self.concurrency = concurrency
+        self.tuning = tuning
+        # Every key it sends, and the daemon's other secrets, are scrubbed from what it returns or raises (an
+        # error body or an answer echoing the Authorization header), so no caller can write them anywhere.
+        self._redactor = Redactor(secrets)
         self.request_timeout_s = request_timeout_s
         self.retry_policy = retry_policy
         self._sleep = sleep
@@ -242,7 +175,11 @@ class ChatClient:
             return False
         return isinstance(body, dict) and "requests" in body
 
-    def limit_of(self, url: str) -> AdaptiveLimit | None:
+    def limits(self) -> dict[str, dict[str, object]]:
+        """Each provider's limit story (see ConcurrencyLimit.summary), by provider origin."""
+        return {provider.limit.name: provider.limit.summary() for provider in self._providers.values()}
+
+    def limit_of(self, url: str) -> ConcurrencyLimit | None:
         """The adaptive limit of the provider at `url`, once a request has gone there."""
         provider = self._providers.get(url)
         return provider.limit if provider is not None else None
@@ -253,6 +190,7 @@ class ChatClient:
         The retry time cap counts time on the wire and in backoff, not time spent queueing for a slot.
         """
         provider = self._provider(endpoint.url)
+        self._redactor.add(endpoint.api_key)
         queued_s = 0.0
         attempts = 0
 
@@ -279,7 +217,10 @@ class ChatClient:
         if provider is None:
             connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
             session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
-            provider = _Provider(session, AdaptiveLimit(self.concurrency, clock=self._clock, sleep=self._sleep))
+            limit = ConcurrencyLimit(
+                self.concurrency, name=_origin(url), tuning=self.tuning, clock=self._clock, sleep=self._sleep
+            )
+            provider = _Provider(session, limit)
             self._providers[url] = provider
         return provider
 
@@ -287,18 +228,46 @@ class ChatClient:
         queued_at = self._clock()
         async with provider.limit.slot() as generation, self._bound:
             waited_s = self._clock() - queued_at
-            status, headers, raw = await self._post(provider.session, endpoint, request)
+            try:
+                status, headers, raw = await self._post(provider.session, endpoint, request)
+            except Unavailable as exc:
+                provider.limit.unavailable(generation)
+                raise self._scrubbed(exc) from None
+            except TransientError as exc:  # timed out: the server is slow, or its queue is long
+                provider.limit.dropped(generation)
+                raise self._scrubbed(exc) from None
+            rtt_s = self._clock() - queued_at - waited_s
+        try:
+            reply = self._answer(provider, generation, (status, headers, raw), rtt_s)
+        except FinetunedError as exc:
+            raise self._scrubbed(exc) from None
+        return dataclasses.replace(reply, content=self._redactor.scrub(reply.content)), waited_s
+
+    def _scrubbed(self, error: FinetunedError) -> FinetunedError:
+        error.args = tuple(self._redactor.scrub(list(error.args)))
+        return error
+
+    def _answer(
+        self, provider: _Provider, generation: int, answer: tuple[int, Mapping[str, str], bytes], rtt_s: float
+    ) -> ChatReply:
+        """The reply of a 200, else the classified error; the limit learns from either."""
+        status, headers, raw = answer
         hints = RateHints.parse(headers)
         if status == 200:
-            provider.limit.succeeded()
+            provider.limit.succeeded(rtt_s)
             if hints.remaining == 0:
                 provider.limit.cool_down(hints.reset_s)
-            return _reply(raw, headers), waited_s
-        if status == 429 and not is_quota(status, raw):
-            provider.limit.throttled(generation, hints.wait_s)
+            return _reply(raw, headers)
         error = classify("chat request", status, raw, headers)
         if isinstance(error, TransientError) and error.retry_after_s is None:
             error.retry_after_s = hints.wait_s
+        if isinstance(error, Unavailable):
+            provider.limit.unavailable(generation, error.retry_after_s)
+        elif status == 429 and not is_quota(status, raw):
+            provider.limit.answered()
+            provider.limit.throttled(generation, hints.wait_s)
+        else:
+            provider.limit.answered()
         raise error
 
     async def _post(
@@ -314,6 +283,8 @@ class ChatClient:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError as exc:
             raise TransientError(f"chat request timed out after {self.request_timeout_s} s") from exc
+        except aiohttp.ClientConnectionError as exc:  # refused, reset or dropped: down, or vLLM/TGI still loading
+            raise Unavailable(f"chat request failed: {type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise TransientError(f"chat request failed: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -336,3 +307,8 @@ def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         simulated=SIMULATED_HEADER in headers,
     )
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL, for naming a provider in the log (no path, no credentials)."""
+    return str(URL(url).origin())

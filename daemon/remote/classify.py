@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from daemon.errors import ContextLengthExceeded, FinetunedError, Paused, RemoteRejected, TransientError
+from daemon.errors import ContextLengthExceeded, FinetunedError, Paused, RemoteRejected, TransientError, Unavailable
 
 # 408 Request Timeout, 409 Conflict (Together: a concurrent change), 425 Too Early, 429 Too Many Requests; and 5xx.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
@@ -21,9 +21,17 @@ PAUSING_STATUSES = frozenset({401, 402, 403})
 QUOTA_CODES = frozenset({"insufficient_quota"})
 # Statuses with which servers report a prompt that does not fit the model's context (Together uses 403 for it too).
 CONTEXT_STATUSES = frozenset({400, 403, 413, 422})
+# The wording of each server (see the README's table): OpenAI/vLLM "maximum context length", llama.cpp "exceeds the
+# available context size" (type exceed_context_size_error), TGI and Together "`inputs` tokens + `max_new_tokens`
+# must be <= N", Anthropic-style "prompt is too long", and generic "too many tokens" / "context window".
 CONTEXT_LENGTH = re.compile(
-    r"context[ _-]?(length|window|size)|maximum context|too many tokens|prompt is too long", re.IGNORECASE
+    r"context[ _-]?(length|window|size)|maximum context|too many tokens|prompt is too long"
+    r"|tokens?`? \+ `?max_new_tokens`? must be <=",
+    re.IGNORECASE,
 )
+# 503 Service Unavailable: the whole server cannot answer now (llama.cpp "Loading model", Together "overloaded or
+# not ready yet", vLLM/TGI behind a proxy): transient until it is ready.
+UNAVAILABLE_STATUS = 503
 MESSAGE_CHARS = 500
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -92,14 +100,17 @@ def is_quota(status: int, body: object) -> bool:
 
 def classify(what: str, status: int, body: object, headers: Mapping[str, str]) -> FinetunedError:
     """The error for a failed call `what`: context length (the item cannot be answered) before the pausing
-    statuses (Together answers 403 to both); 401/402/403 and out-of-quota pause; 408/409/425/429 and 5xx are
-    transient (with the server's Retry-After); any other status is a refusal of this request."""
+    statuses (Together answers 403 to both); 401/402/403 and out-of-quota pause; 503 is Unavailable (the server
+    is loading or overloaded); 408/409/425/429 and other 5xx are transient (with the server's Retry-After); any
+    other status is a refusal of this request."""
     message, code = error_fields(body)
     text = f"{what}: HTTP {status}: {message or code or 'no message'}"
     if status in CONTEXT_STATUSES and (CONTEXT_LENGTH.search(message) or "context_length" in code):
         return ContextLengthExceeded(text, http_status=status)
     if status in PAUSING_STATUSES or is_quota(status, body):
         return Paused(f"{text} (remote work is paused until this is fixed)", http_status=status)
+    if status == UNAVAILABLE_STATUS:
+        return Unavailable(text, retry_after_s=retry_after_s(headers), http_status=status)
     if status in RETRYABLE_STATUSES or status >= 500:
         return TransientError(text, retry_after_s=retry_after_s(headers), http_status=status)
     return RemoteRejected(text, http_status=status)

@@ -42,6 +42,7 @@ class Intake:
                 continue
             await self.accept(item)
         await self.handle_cancel_requests()
+        await self.handle_retry_requests()
         return next_due
 
     async def accept(self, arrival: Arrival) -> None:
@@ -93,6 +94,16 @@ class Intake:
             return
         log.warning("claim_readopted", job_id=folder.name)
         await self.runner.admit(folder.name, spec.name, await asyncio.to_thread(claimed.resolve))
+
+    async def handle_retry_requests(self) -> None:
+        """Act on `finetuned retry` requests (files in state/retry/), then remove them."""
+        folder = self.settings.retry_dir
+        requests = await asyncio.to_thread(lambda: sorted(folder.glob("*")) if folder.is_dir() else [])
+        for request in requests:
+            if is_candidate(request.name):
+                done = await self.runner.request_retry(request.name)
+                log.info("retry_requested", job_id=request.name, acted=done)
+            await asyncio.to_thread(request.unlink, missing_ok=True)
 
     async def handle_cancel_requests(self) -> None:
         """Act on `finetuned cancel` requests (files in state/cancel/), then remove them."""

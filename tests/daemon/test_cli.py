@@ -15,12 +15,12 @@ def spool_args(tmp_path: Path) -> list[str]:
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """`finetuned --help` names run, submit, status, check, cancel, score and sandbox."""
+    """`finetuned --help` names run, submit, status, check, cancel, retry, score and sandbox."""
     with pytest.raises(SystemExit) as info:
         main(["--help"], environ={})
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "submit", "status", "check", "cancel", "score", "sandbox"):
+    for command in ("run", "submit", "status", "check", "cancel", "retry", "score", "sandbox"):
         assert f"    {command} " in out
 
 

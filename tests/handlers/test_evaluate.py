@@ -132,9 +132,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class Recorder:
-    """Answers `ans:<last question>`; `LONG` questions get a context-length 400 and `EMPTY` ones an empty answer."""
+    """Answers `ans:<last question>`; `LONG` questions get a context-length 400, `EMPTY` ones an empty answer and
+    `FLAKY` ones a 502 (every time)."""
 
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
     status: int = 200
     in_flight: int = 0
     peak: int = 0
@@ -143,6 +145,7 @@ class Recorder:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.bodies.append(body)
+        self.authorizations.append(request.headers.get("Authorization"))
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
@@ -152,6 +155,8 @@ class Recorder:
         question = body["messages"][-1]["content"]
         if self.status != 200:
             return web.json_response({"error": {"message": f"refused {question}", "type": "x"}}, status=self.status)
+        if "FLAKY" in question:
+            return web.json_response({"error": {"message": "bad gateway", "type": "server_error"}}, status=502)
         if "LONG" in question:
             message = "This model's maximum context length is 8192 tokens"
             return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)
@@ -243,7 +248,7 @@ async def test_eval_only_spec_against_sandbox_writes_predictions_and_metrics(
     assert base["official"] == scoring.domain_scores(gold, scoring.score_turns(gold, preds))
     progress = ctx.progress.calls[-1]  # type: ignore[attr-defined]
     assert (progress["done"], progress["total"], progress["errors"]) == (2 * turns, 2 * turns, 0)
-    assert progress["models"]["base"] == {"done": turns, "total": turns, "errors": 0}
+    assert progress["models"]["base"] == {"done": turns, "total": turns, "errors": 0, "missing": 0}
 
 
 async def test_resume_asks_only_missing_items(tmp_path: Path, sandbox: SandboxHandle) -> None:
@@ -414,14 +419,13 @@ async def test_every_request_failing_fails_with_the_first_error(tmp_path: Path, 
 
 
 async def test_missing_endpoint_key_pauses(tmp_path: Path) -> None:
-    """An endpoint whose api_key_env is not available pauses instead of sending unauthenticated requests."""
+    """An endpoint whose (allowed) api_key_env is not available pauses instead of sending unauthenticated requests."""
     small_stories(tmp_path / "eval.jsonl")
     endpoint = {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "MY_PROVIDER_KEY"}
     spec = {"models": ["m"], "endpoints": {"m": endpoint}}
+    settings = Settings(endpoint_keys="MY_PROVIDER_KEY=127.0.0.1")
     with pytest.raises(Paused, match="MY_PROVIDER_KEY"):
-        await evaluate.run(
-            make_ctx(tmp_path, Settings(), spec), {"prepare": {"eval_file": str(tmp_path / "eval.jsonl")}}
-        )
+        await evaluate.run(make_ctx(tmp_path, settings, spec), {"prepare": {"eval_file": str(tmp_path / "eval.jsonl")}})
 
 
 def test_eval_file_errors_name_the_line(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from daemon.errors import ContextLengthExceeded, Paused, RemoteRejected, TransientError
 from daemon.remote.backoff import RetryPolicy
-from daemon.remote.chat import AdaptiveLimit, ChatClient, ChatEndpoint, ChatRequest, RateHints, chat_url
+from daemon.remote.chat import ChatClient, ChatEndpoint, ChatRequest, RateHints, chat_url
+from daemon.remote.limit import ConcurrencyLimit, LimitTuning
 
 SECRET = "sk-test-secret-123"
 Behaviour = Callable[["Server", dict[str, Any]], Awaitable[web.Response]]
@@ -85,7 +86,8 @@ def request(tag: str = "q") -> ChatRequest:
 
 def client(concurrency: int = 4, max_attempts: int = 4, **kwargs: Any) -> ChatClient:
     policy = RetryPolicy(attempts=max_attempts, base_s=0.01, cap_s=0.05, max_total_s=600.0)
-    options: dict[str, Any] = {"request_timeout_s": 2.0, "retry_policy": policy}
+    tuning = LimitTuning(probe_base_s=0.01, probe_cap_s=0.05)
+    options: dict[str, Any] = {"request_timeout_s": 2.0, "retry_policy": policy, "tuning": tuning}
     return ChatClient(concurrency=concurrency, **(options | kwargs))
 
 
@@ -226,11 +228,11 @@ async def test_in_flight_bound_is_never_exceeded_and_filled(serve: Callable[[Ser
 
 
 async def test_backoff_sleep_frees_the_slot(serve: Callable[[Server], Awaitable[str]]) -> None:
-    """While one request sleeps in backoff (503 + Retry-After), the single slot serves the others."""
+    """While one request sleeps in backoff (500 + Retry-After), the single slot serves the others."""
 
     async def behaviour(server: Server, body: dict[str, Any]) -> web.Response:
         if body["messages"][-1]["content"] == "slow" and server.calls["slow"] == 1:
-            return error(503, "busy", headers={"retry-after": "1"})
+            return error(500, "busy", headers={"retry-after": "1"})
         return ok()
 
     server = Server(behaviour, latency_s=0.01)
@@ -285,8 +287,8 @@ async def test_connection_refused_is_transient() -> None:
 
 
 async def test_adaptive_limit_halves_once_per_round_and_recovers() -> None:
-    """Many 429s of one round halve the limit once; successes grow it back to the maximum."""
-    limit = AdaptiveLimit(16)
+    """Many 429s of one round halve the limit once; answers at flat latency with the limit in use grow it back."""
+    limit = ConcurrencyLimit(16, tuning=LimitTuning(initial=16))
     generations = []
     for _ in range(10):
         async with limit.slot() as generation:
@@ -295,7 +297,8 @@ async def test_adaptive_limit_halves_once_per_round_and_recovers() -> None:
         limit.throttled(generation, None)
     assert limit.limit == 8
     for _ in range(200):
-        limit.succeeded()
+        limit.in_flight = int(limit.limit)  # as if the limit were in use
+        limit.succeeded(0.05)
     assert limit.limit == 16
 
 

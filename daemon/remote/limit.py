@@ -1,0 +1,202 @@
+"""The in-flight limit of one provider, driven by its latency (a gradient limit after Netflix's concurrency-limits
+GradientLimit/Gradient2 and TCP Vegas), by its 429s and timeouts, and by its health.
+
+* Latency: every answer's round trip `rtt` is compared with the lowest seen (`floor`, the server without a
+  queue). `gradient = clamp(0.5, 1, tolerance * floor / rtt)`; the new estimate is `limit * gradient +
+  sqrt(limit)`, smoothed `limit = limit * (1 - smoothing) + estimate * smoothing`. While latency stays flat the
+  limit grows by about `smoothing * sqrt(limit)` per answer; once a queueing server (llama.cpp, vLLM, TGI) makes
+  answers slower than `tolerance` x the floor, it settles where `limit = tolerance * floor / rtt * limit +
+  sqrt(limit)`: a little above what the server serves at once. It never grows while less than half is in use.
+* A timeout or a 429 multiplies the limit by `backoff_ratio` (once per round of requests: the requests sent
+  under the old limit do not lower it again); a 429's Retry-After holds every request for that long.
+* A provider that answers nothing (connection refused, 503 loading/overloaded) is `down`: one request at a time
+  is let through as a probe, after a growing delay (full-jitter backoff), until any answer comes back.
+
+The limit starts at `initial` and never exceeds `maximum` (the spec's `concurrency`). Its changes are logged
+(`concurrency_limit`) and kept in `history` for the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from daemon.remote.backoff import Backoff, Clock, Sleep
+
+log = structlog.get_logger()
+
+HISTORY_POINTS = 400  # at most this many (elapsed_s, limit) points are kept; older ones are thinned
+LOG_INTERVAL_S = 2.0  # a growing limit is logged at most this often (decreases always)
+
+
+@dataclass(frozen=True)
+class LimitTuning:
+    """The constants of the limit (Netflix's defaults where they apply)."""
+
+    initial: int = 4
+    minimum: int = 1
+    smoothing: float = 0.2
+    tolerance: float = 1.5
+    backoff_ratio: float = 0.5
+    probe_base_s: float = 0.5
+    probe_cap_s: float = 10.0
+
+
+class ConcurrencyLimit:
+    """The in-flight limit of one provider; waiters are served first in, first out (see the module docstring)."""
+
+    def __init__(
+        self,
+        maximum: int,
+        *,
+        name: str = "",
+        tuning: LimitTuning | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.tuning = tuning or LimitTuning()
+        self.name = name
+        self.maximum = maximum
+        self.limit = float(min(maximum, max(self.tuning.minimum, self.tuning.initial)))
+        self.in_flight = 0
+        self.floor_s: float | None = None
+        self.down = False
+        self.history: list[tuple[float, int]] = []
+        self._clock = clock
+        self._sleep = sleep
+        self._started = clock()
+        self._logged_at = -LOG_INTERVAL_S
+        self._not_before = 0.0
+        self._generation = 0
+        self._probes = Backoff(base_s=self.tuning.probe_base_s, cap_s=self.tuning.probe_cap_s)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._note("start")
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[int]:
+        """Hold one slot; yields the generation the request is sent in (for `dropped`/`throttled`/`unavailable`)."""
+        await self._acquire()
+        try:
+            # Checked after the slot is ours: a request queued before a 429 must not go out during its cooldown.
+            while (pause_s := self._not_before - self._clock()) > 0:
+                await self._sleep(pause_s)
+            yield self._generation
+        finally:
+            self.in_flight -= 1
+            self._wake()
+
+    def succeeded(self, rtt_s: float | None = None) -> None:
+        """An answer came back after `rtt_s` on the wire: the provider is up; move the limit by the gradient."""
+        self.answered()
+        if rtt_s is None or rtt_s <= 0:
+            return
+        self.floor_s = rtt_s if self.floor_s is None else min(self.floor_s, rtt_s)
+        if self.in_flight + 1 < self.limit / 2:  # app-limited: the latency says nothing about more load
+            return
+        tuning = self.tuning
+        gradient = max(0.5, min(1.0, tuning.tolerance * self.floor_s / rtt_s))
+        estimate = self.limit * gradient + math.sqrt(self.limit)
+        smoothed = self.limit * (1 - tuning.smoothing) + estimate * tuning.smoothing
+        self._set(smoothed, "latency", rtt_ms=round(rtt_s * 1000, 1))
+
+    def answered(self) -> None:
+        """The provider answered something (even an error about the request): it is up again."""
+        if self.down:
+            self.down = False
+            self._probes.reset()
+            log.info("provider_available", provider=self.name)
+            self._wake()
+
+    def dropped(self, generation: int) -> None:
+        """A request timed out: lower the limit (once per round)."""
+        if self._first_of(generation):
+            self._set(self.limit * self.tuning.backoff_ratio, "timeout")
+
+    def throttled(self, generation: int, wait_s: float | None) -> None:
+        """A 429: lower the limit unless a request of the same round already did, and pause for `wait_s`."""
+        if self._first_of(generation):
+            self._set(self.limit * self.tuning.backoff_ratio, "rate_limited", wait_s=wait_s)
+        self.cool_down(wait_s)
+
+    def unavailable(self, generation: int, wait_s: float | None = None) -> None:
+        """The provider answers nothing: let one probe at a time through, after a growing delay."""
+        if not self.down:
+            self.down = True
+            log.warning("provider_unavailable", provider=self.name)
+        if self._first_of(generation):
+            self.cool_down(max(self._probes.next_delay(), wait_s or 0.0))
+
+    def cool_down(self, wait_s: float | None) -> None:
+        """Send nothing for `wait_s` seconds (the provider's window is used up, or it is down)."""
+        if wait_s is not None and wait_s > 0:
+            self._not_before = max(self._not_before, self._clock() + wait_s)
+
+    def summary(self) -> dict[str, object]:
+        """The limit's story for metrics.json and the report."""
+        values = [limit for _, limit in self.history]
+        return {
+            "ceiling": self.maximum,
+            "final": int(self.limit),
+            "min": min(values),
+            "max": max(values),
+            "floor_ms": round(self.floor_s * 1000, 1) if self.floor_s is not None else None,
+            "history": [[round(t, 2), limit] for t, limit in self.history],
+        }
+
+    def _first_of(self, generation: int) -> bool:
+        if generation != self._generation:
+            return False
+        self._generation += 1
+        return True
+
+    def _set(self, value: float, reason: str, **fields: object) -> None:
+        before = int(self.limit)
+        self.limit = max(float(self.tuning.minimum), min(float(self.maximum), value))
+        if int(self.limit) != before:
+            self._note(reason, **fields)
+            self._wake()
+
+    def _note(self, reason: str, **fields: object) -> None:
+        now = self._clock()
+        self.history.append((now - self._started, int(self.limit)))
+        if len(self.history) > HISTORY_POINTS:
+            self.history = self.history[:1] + self.history[1:-1:2] + self.history[-1:]
+        growing = reason == "latency" and len(self.history) > 1 and self.history[-2][1] < int(self.limit)
+        if growing and now - self._logged_at < LOG_INTERVAL_S:
+            return
+        self._logged_at = now
+        floor_ms = round(self.floor_s * 1000, 1) if self.floor_s is not None else None
+        log.info(
+            "concurrency_limit", provider=self.name, limit=int(self.limit), reason=reason, floor_ms=floor_ms, **fields
+        )
+
+    def _capacity(self) -> int:
+        return 1 if self.down else max(1, int(self.limit))
+
+    async def _acquire(self) -> None:
+        if not self._waiters and self.in_flight < self._capacity():
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # the releaser counted us in before waking us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.in_flight -= 1
+                self._wake()
+            raise
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self._capacity():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
