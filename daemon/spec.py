@@ -142,6 +142,16 @@ class EvaluateSpec(_Strict):
     max_endpoint_usd: float | None = Field(default=None, gt=0)  # refuse above it, stop the endpoint on reaching it
     expected_eval_min: float | None = Field(default=None, gt=0)  # expected billed minutes (default: estimated)
     endpoint_start_timeout_min: float = Field(default=30.0, gt=0)  # give up waiting for STARTED after this
+    # `batch`: ask through Together's Batch API (up to half price, minutes to hours) instead of one request each.
+    mode: Literal["realtime", "batch"] = "realtime"
+
+    @model_validator(mode="after")
+    def _batch_on_together(self) -> EvaluateSpec:
+        if self.mode == "batch" and self.endpoints:
+            raise ValueError("evaluate.mode batch asks Together's Batch API: it cannot use evaluate.endpoints")
+        if self.mode == "batch" and self.serve == "dedicated":
+            raise ValueError("evaluate.mode batch needs serverless models: it cannot use serve: dedicated")
+        return self
 
 
 # Keys a sweep may not vary: they name or bound the whole sweep, not one variant.

@@ -23,6 +23,7 @@ from daemon.spec import EvaluateSpec
 from daemon.spool.files import write_json
 from handlers.evaluation import scoring
 from handlers.evaluation.asking import Rounds, Session, Target, Tracker, ask_until_complete
+from handlers.evaluation.batch import BatchRounds
 from handlers.evaluation.outputs import score_and_write
 from handlers.evaluation.stories import EvalStory, load_eval_file
 
@@ -103,7 +104,11 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         session = Session(ctx, evaluate, client, tracker)
         for target in targets:
             session.records[target.alias] = await ctx.items.load(target.alias)
-        missing = await ask_until_complete(session, targets, stories, Rounds(deadline_s, ROUND_BASE_S, ROUND_CAP_S))
+        rounds = Rounds(deadline_s, ROUND_BASE_S, ROUND_CAP_S)
+        if evaluate.mode == "batch":
+            missing = await BatchRounds(session, targets, stories, simulated=bool(sandbox_urls)).run(rounds)
+        else:
+            missing = await ask_until_complete(session, targets, stories, rounds)
         limits = client.limits()
     records = {t.alias: session.records[t.alias] for t in targets}
     if not any(missing.values()):
@@ -165,6 +170,7 @@ async def _write_outputs(
         "models": per_model,
         "deltas": scoring.deltas(per_model, targets[0].alias) if len(targets) > 1 else {},
         "concurrency": dict(limits),
+        "mode": evaluate.mode,
     }
     metrics_path = ctx.out_dir / "metrics.json"
     await write_json(metrics_path, document)

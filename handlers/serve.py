@@ -98,6 +98,11 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     if await _serverless(ctx, remote, model):
         log.info("model_served_serverless", model=model)
         return {"mode": "serverless", "model": model}
+    if ctx.spec.evaluate is not None and ctx.spec.evaluate.mode == "batch":
+        raise BadInput(
+            f"evaluate.mode batch needs a serverless model, and Together serves {model} only on a dedicated "
+            "endpoint: use evaluate.mode realtime for this fine-tune (no endpoint was created)"
+        )
     endpoint = await _resume(ctx, remote) or await _create(ctx, remote, model, inputs)
     endpoint = await _wait_started(ctx, remote, endpoint)
     arm_budget_guard(ctx, remote, endpoint.id)

@@ -156,6 +156,41 @@ class EndpointRequest:
     inactive_timeout_min: int | None = None
 
 
+BATCH_TERMINAL = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class RemoteBatch:
+    """A Batch API job as Together reports it (status in upper case: VALIDATING, IN_PROGRESS, COMPLETED, ...)."""
+
+    id: str
+    status: str
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    error: str | None = None
+    progress: float | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RemoteBatch:
+        """From the job object; only `id` and `status` are relied on, the rest is optional."""
+        progress = raw.get("progress")
+        return cls(
+            id=str(raw.get("id") or ""),
+            status=str(raw.get("status") or "").upper(),
+            input_file_id=raw.get("input_file_id"),
+            output_file_id=raw.get("output_file_id") or None,
+            error_file_id=raw.get("error_file_id") or None,
+            error=str(raw["error"]) if raw.get("error") else None,
+            progress=float(progress) if isinstance(progress, int | float) else None,
+        )
+
+    @property
+    def ended(self) -> bool:
+        """True once the batch will not change any more."""
+        return self.status in BATCH_TERMINAL
+
+
 @dataclass(frozen=True)
 class FineTuneRequest:
     """Every parameter of a create call; the W&B key is named by env var and resolved by the adapter."""
@@ -230,5 +265,10 @@ class FineTuneAPI(Protocol):
     async def find_endpoints(self, tag: str) -> list[RemoteEndpoint]: ...
     async def stop_endpoint(self, endpoint_id: str) -> None: ...
     async def delete_endpoint(self, endpoint_id: str) -> None: ...
+    async def upload_batch_input(self, path: Path) -> str: ...
+    async def create_batch(self, input_file_id: str) -> RemoteBatch: ...
+    async def get_batch(self, batch_id: str) -> RemoteBatch: ...
+    async def find_batch(self, input_file_id: str) -> RemoteBatch | None: ...
+    async def file_bytes(self, file_id: str) -> bytes: ...
     async def probe(self) -> None: ...
     async def close(self) -> None: ...

@@ -175,6 +175,11 @@ class ChatClient:
             return False
         return isinstance(body, dict) and "requests" in body
 
+    def scrub(self, text: str) -> str:
+        """`text` without any key this client sends or knows (for what comes back by another way, e.g. a batch)."""
+        scrubbed: str = self._redactor.scrub(text)
+        return scrubbed
+
     def limits(self) -> dict[str, dict[str, object]]:
         """Each provider's limit story (see ConcurrencyLimit.summary), by provider origin."""
         return {provider.limit.name: provider.limit.summary() for provider in self._providers.values()}
@@ -289,6 +294,11 @@ class ChatClient:
             raise TransientError(f"chat request failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.in_flight -= 1
+
+
+def parse_reply(raw: bytes, *, simulated: bool = False) -> ChatReply:
+    """A chat completion's JSON body as a reply (as a Batch API output line carries it)."""
+    return _reply(raw, {SIMULATED_HEADER: "true"} if simulated else {})
 
 
 def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:

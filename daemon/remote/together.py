@@ -30,10 +30,12 @@ from daemon.remote.api import (
     FineTuneRequest,
     HardwareOption,
     PriceEstimate,
+    RemoteBatch,
     RemoteEndpoint,
     RemoteFile,
     RemoteJob,
 )
+from daemon.remote.batchwire import BatchWire
 from daemon.remote.classify import classify
 from daemon.remote.contract import checkpoint_rows, complete_limits, metric_rows, price_estimate
 from daemon.remote.endpoints import EndpointWire, is_not_serverless
@@ -86,6 +88,7 @@ class TogetherAPI:
         self._redactor = redactor if redactor is not None else Redactor(settings.secrets())
         self._limits: dict[str, FinetuneModelLimits] = {}
         self._endpoints = EndpointWire(self._client, self._call)
+        self._batches = BatchWire(self._client, self._call)
         self._uploaded: dict[str, RemoteFile] = {}
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
@@ -128,6 +131,37 @@ class TogetherAPI:
         uploaded = await self._call("upload", put, timeout_s=deadline_s)
         self._uploaded[sha256] = dataclasses.replace(uploaded, reused=False)
         return uploaded
+
+    async def upload_batch_input(self, path: Path) -> str:
+        """Upload a Batch API input file (purpose `batch-api`); returns its id."""
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
+        sent = await self._call(
+            "upload batch input",
+            lambda: asyncio.to_thread(self._sync.files.upload, path, purpose="batch-api", check=False),
+            timeout_s=self._timeout_s + size / UPLOAD_MIN_BYTES_PER_S,
+        )
+        return str(sent.id)
+
+    async def create_batch(self, input_file_id: str) -> RemoteBatch:
+        """Submit the uploaded chat requests as one batch."""
+        return await self._batches.create(input_file_id)
+
+    async def get_batch(self, batch_id: str) -> RemoteBatch:
+        """The batch as Together reports it now."""
+        return await self._batches.get(batch_id)
+
+    async def find_batch(self, input_file_id: str) -> RemoteBatch | None:
+        """The batch made from this input file, if any."""
+        return await self._batches.find(input_file_id)
+
+    async def file_bytes(self, file_id: str) -> bytes:
+        """A file's whole content (a batch's output or error file)."""
+
+        async def read() -> bytes:
+            response = await self._client.files.content(file_id)
+            return b"".join([chunk async for chunk in response.iter_bytes(CONTENT_CHUNK_BYTES)])
+
+        return await self._call("file content", read)
 
     async def get_file(self, file_id: str) -> RemoteFile | None:
         """The file's metadata, or None if Together does not have it (404)."""
