@@ -21,11 +21,11 @@ from daemon.remote.chat import ChatClient, ChatEndpoint, chat_url
 from daemon.remote.limit import LimitTuning
 from daemon.spec import EvaluateSpec
 from daemon.spool.files import write_json
-from handlers.evaluation import scoring
+from handlers.evaluation import pricing, scoring
 from handlers.evaluation.asking import Rounds, Session, Target, Tracker, ask_until_complete
 from handlers.evaluation.batch import BatchRounds
 from handlers.evaluation.outputs import score_and_write
-from handlers.evaluation.stories import EvalStory, load_eval_file
+from handlers.evaluation.stories import EvalStory, build_messages, load_eval_file
 
 log = structlog.get_logger()
 
@@ -104,6 +104,9 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         session = Session(ctx, evaluate, client, tracker)
         for target in targets:
             session.records[target.alias] = await ctx.items.load(target.alias)
+        prices = await _priced(ctx, targets, inputs)
+        estimate = _estimate(evaluate, stories, targets, prices)
+        log.info("evaluation_price_estimated", mode=evaluate.mode, **estimate)
         rounds = Rounds(deadline_s, ROUND_BASE_S, ROUND_CAP_S)
         if evaluate.mode == "batch":
             missing = await BatchRounds(session, targets, stories, simulated=bool(sandbox_urls)).run(rounds)
@@ -113,7 +116,10 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     records = {t.alias: session.records[t.alias] for t in targets}
     if not any(missing.values()):
         _fail_if_nothing_answered(records, session.first_error)
-    output = await _write_outputs(ctx, evaluate, targets, stories, records, limits=limits, simulated=bool(sandbox_urls))
+    priced = {"prices": prices, "estimate": estimate}
+    output = await _write_outputs(
+        ctx, evaluate, targets, stories, records, limits=limits, simulated=bool(sandbox_urls), priced=priced
+    )
     _fail_if_incomplete(evaluate, missing, tracker, session.last_transient)
     return output
 
@@ -157,6 +163,7 @@ async def _write_outputs(
     *,
     limits: Mapping[str, Any],
     simulated: bool,
+    priced: Mapping[str, Any],
 ) -> StepOutput:
     """Score every model and write predictions-<alias>.jsonl (in a thread: scoring is CPU work), then metrics.json."""
     per_model = await asyncio.to_thread(score_and_write, ctx.out_dir, evaluate.protocol, targets, stories, records)
@@ -171,6 +178,10 @@ async def _write_outputs(
         "deltas": scoring.deltas(per_model, targets[0].alias) if len(targets) > 1 else {},
         "concurrency": dict(limits),
         "mode": evaluate.mode,
+        "price": pricing.price_block(
+            priced["prices"], {a: m.get("tokens") or {} for a, m in per_model.items()}, mode=evaluate.mode
+        )
+        | {"estimated": priced["estimate"]},
     }
     metrics_path = ctx.out_dir / "metrics.json"
     await write_json(metrics_path, document)
@@ -186,3 +197,36 @@ async def _write_outputs(
         f1={a: s["f1"] for a, s in summary.items()},
     )
     return {"metrics": str(metrics_path), "protocol": evaluate.protocol, "simulated": simulated, "models": summary}
+
+
+async def _priced(ctx: JobContext, targets: list[Target], inputs: StepInputs) -> dict[str, tuple[float, float]]:
+    """Per-token prices of the models Together serves serverless here (not custom servers, not an endpoint)."""
+    together_url = (
+        chat_url(ctx.settings.together_base_url) if ctx.settings.together_base_url else TOGETHER_INFERENCE_URL
+    )
+    dedicated = inputs.get("serve", {}).get("mode") == "dedicated"
+    billed = {
+        t.alias: t.model
+        for t in targets
+        if t.endpoint.url == together_url and not (dedicated and t.alias == "finetuned")
+    }
+    base = ctx.spec.finetune.model if ctx.spec.finetune else None
+    return await pricing.price_table(ctx, billed, base_model=base)
+
+
+def _estimate(
+    evaluate: EvaluateSpec, stories: list[EvalStory], targets: list[Target], prices: Mapping[str, tuple[float, float]]
+) -> dict[str, float]:
+    """The most the priced models can cost, realtime and batch (prompts from the gold history, max_tokens each)."""
+    chars = 0
+    items = 0
+    for story in stories:
+        for index in range(len(story.turns)):
+            messages = build_messages(evaluate.protocol, story, index, {})
+            chars += sum(len(str(m.get("content") or "")) for m in messages)
+            items += 1
+    prompt, completion = pricing.estimate_tokens(chars, items, evaluate.max_tokens)
+    return {
+        f"{mode}_usd": round(sum(pricing.cost_usd(p, prompt, completion, mode=mode) for p in prices.values()), 6)
+        for mode in ("realtime", "batch")
+    }

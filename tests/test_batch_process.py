@@ -62,6 +62,10 @@ async def test_batch_mode_gives_the_realtime_predictions_and_metrics(spool: Path
         for alias in ("base", "finetuned"):
             assert metrics[bulk]["models"][alias]["overall"] == metrics[live]["models"][alias]["overall"]
         assert metrics[bulk]["mode"] == "batch" and metrics[live]["mode"] == "realtime"
+        live_usd, bulk_usd = (metrics[j]["price"]["total_usd"] for j in (live, bulk))
+        assert live_usd > 0 and bulk_usd == pytest.approx(live_usd / 2, abs=2e-6)  # same tokens, half the price
+        estimated = metrics[bulk]["price"]["estimated"]
+        assert estimated["batch_usd"] == pytest.approx(estimated["realtime_usd"] / 2, abs=2e-6)
     finally:
         await sandbox.close()
 

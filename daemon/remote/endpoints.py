@@ -82,6 +82,18 @@ class EndpointWire:
         body = await self._request("list models", "get", "/v1/models")
         return {str(row["id"]) for row in rows(body) if "id" in row}
 
+    async def prices(self) -> dict[str, tuple[float, float]]:
+        """Model id -> (input, output) USD per million tokens, for the listed models that carry a price."""
+        body = await self._request("list models", "get", "/v1/models")
+        found = {}
+        for row in rows(body):
+            pricing = row.get("pricing")
+            if "id" in row and isinstance(pricing, dict):
+                cost_in, cost_out = pricing.get("input"), pricing.get("output")
+                if isinstance(cost_in, int | float) and isinstance(cost_out, int | float):
+                    found[str(row["id"])] = (float(cost_in), float(cost_out))
+        return found
+
     async def hardware(self, model: str) -> list[HardwareOption]:
         """The configurations compatible with `model`, with prices and availability."""
         body = await self._request("list hardware", "get", "/v1/hardware", options={"params": {"model": model}})

@@ -281,6 +281,10 @@ class TogetherAPI:
         return _job(await self._call("cancel fine-tune", lambda: self._client.fine_tuning.cancel(job_id)))
 
     # -- serving ----------------------------------------------------------------------------------------------
+    async def model_prices(self) -> dict[str, tuple[float, float]]:
+        """Model id -> (input, output) USD per million tokens, from the models list."""
+        return await self._endpoints.prices()
+
     async def serves_serverless(self, model: str) -> bool:
         """Whether Together serves `model` serverless: listed by `GET /v1/models`, or answering a one-token chat
         request (a "non-serverless" / dedicated-endpoint refusal means it is not)."""
