@@ -91,6 +91,31 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     served = inputs.get("serve", {}).get("model")  # a dedicated endpoint's name when the model needs one
     targets = await resolve_targets(ctx, evaluate, served or inputs.get("poll", {}).get("model"))
     tracker = Tracker(ctx, {target.alias: sum(len(story.turns) for story in stories) for target in targets})
+    prices = await _priced(ctx, targets, inputs)
+    estimate = _estimate(evaluate, stories, targets, prices)
+    log.info("evaluation_price_estimated", mode=evaluate.mode, **estimate)
+    session, missing, limits, simulated = await _ask(ctx, evaluate, targets, stories, tracker, deadline_s=deadline_s)
+    records = {t.alias: session.records[t.alias] for t in targets}
+    if not any(missing.values()):
+        _fail_if_nothing_answered(records, session.first_error)
+    priced = {"prices": prices, "estimate": estimate}
+    output = await _write_outputs(
+        ctx, evaluate, targets, stories, records, limits=limits, simulated=simulated, priced=priced
+    )
+    _fail_if_incomplete(evaluate, missing, tracker, session.last_transient)
+    return output
+
+
+async def _ask(
+    ctx: JobContext,
+    evaluate: EvaluateSpec,
+    targets: list[Target],
+    stories: list[EvalStory],
+    tracker: Tracker,
+    *,
+    deadline_s: float,
+) -> tuple[Session, dict[str, int], dict[str, Any], bool]:
+    """Ask every missing item (real time or batch); (session, missing per model, limits, simulated)."""
     async with ChatClient(
         concurrency=evaluate.concurrency,
         request_timeout_s=evaluate.request_timeout_s,
@@ -100,28 +125,16 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
             attempts=evaluate.max_attempts, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, max_total_s=ITEM_RETRY_MAX_S
         ),
     ) as client:
-        sandbox_urls = [url for url in {t.endpoint.url for t in targets} if await client.is_sandbox(url)]
+        simulated = any([await client.is_sandbox(url) for url in {t.endpoint.url for t in targets}])
         session = Session(ctx, evaluate, client, tracker)
         for target in targets:
             session.records[target.alias] = await ctx.items.load(target.alias)
-        prices = await _priced(ctx, targets, inputs)
-        estimate = _estimate(evaluate, stories, targets, prices)
-        log.info("evaluation_price_estimated", mode=evaluate.mode, **estimate)
         rounds = Rounds(deadline_s, ROUND_BASE_S, ROUND_CAP_S)
         if evaluate.mode == "batch":
-            missing = await BatchRounds(session, targets, stories, simulated=bool(sandbox_urls)).run(rounds)
+            missing = await BatchRounds(session, targets, stories, simulated=simulated).run(rounds)
         else:
             missing = await ask_until_complete(session, targets, stories, rounds)
-        limits = client.limits()
-    records = {t.alias: session.records[t.alias] for t in targets}
-    if not any(missing.values()):
-        _fail_if_nothing_answered(records, session.first_error)
-    priced = {"prices": prices, "estimate": estimate}
-    output = await _write_outputs(
-        ctx, evaluate, targets, stories, records, limits=limits, simulated=bool(sandbox_urls), priced=priced
-    )
-    _fail_if_incomplete(evaluate, missing, tracker, session.last_transient)
-    return output
+        return session, missing, dict(client.limits()), simulated
 
 
 def _fail_if_incomplete(
@@ -178,10 +191,7 @@ async def _write_outputs(
         "deltas": scoring.deltas(per_model, targets[0].alias) if len(targets) > 1 else {},
         "concurrency": dict(limits),
         "mode": evaluate.mode,
-        "price": pricing.price_block(
-            priced["prices"], {a: m.get("tokens") or {} for a, m in per_model.items()}, mode=evaluate.mode
-        )
-        | {"estimated": priced["estimate"]},
+        "price": _price(priced, per_model, evaluate.mode),
     }
     metrics_path = ctx.out_dir / "metrics.json"
     await write_json(metrics_path, document)
@@ -230,3 +240,9 @@ def _estimate(
         f"{mode}_usd": round(sum(pricing.cost_usd(p, prompt, completion, mode=mode) for p in prices.values()), 6)
         for mode in ("realtime", "batch")
     }
+
+
+def _price(priced: Mapping[str, Any], per_model: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """metrics.json's `price`: charged per model for the tokens used, and the estimate made before asking."""
+    tokens = {alias: m.get("tokens") or {} for alias, m in per_model.items()}
+    return pricing.price_block(priced["prices"], tokens, mode=mode) | {"estimated": priced["estimate"]}
