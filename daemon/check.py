@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from daemon.config import Settings
 from daemon.errors import DatasetError, SpecError, TransientError
+from daemon.remote import hosts
 from daemon.spec import JobSpec, parse_spec
 from handlers.dataset.stats import TOKEN_ESTIMATE
 from handlers.prepare import prepare_dataset
@@ -20,6 +21,10 @@ def check_spec(path: Path, settings: Settings, out: TextIO) -> int:
     if spec is None:
         return 1
     out.write(f"spec {path}: ok (job name {spec.name!r}, format {spec.dataset.format}, source {spec.dataset.source})\n")
+    refused = hosts.endpoint_problems(spec.evaluate.endpoints if spec.evaluate else {}, settings)
+    if refused:
+        out.writelines(f"endpoint: {problem}\n" for problem in refused)
+        return 1
     with tempfile.TemporaryDirectory(prefix="finetuned-check-") as tmp:
         try:
             prepared = prepare_dataset(

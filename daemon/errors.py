@@ -49,6 +49,10 @@ class ContextLengthExceeded(RemoteRejected):
     """The prompt (plus max_tokens) does not fit the model's context: this item cannot be answered."""
 
 
+class ContentFiltered(RemoteRejected):
+    """The provider's content filter refused the prompt: this item cannot be answered."""
+
+
 class RemoteJobFailed(FinetunedError):
     """The remote fine-tuning job ended in error, user_error or cancelled."""
 

@@ -102,7 +102,7 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     output = await _write_outputs(
         ctx, evaluate, targets, stories, records, limits=limits, simulated=simulated, priced=priced
     )
-    _fail_if_incomplete(evaluate, missing, tracker, session.last_transient)
+    _fail_if_incomplete(ctx, missing, tracker, session.last_transient)
     return output
 
 
@@ -137,10 +137,10 @@ async def _ask(
         return session, missing, dict(client.limits()), simulated
 
 
-def _fail_if_incomplete(
-    evaluate: EvaluateSpec, missing: Mapping[str, int], tracker: Tracker, last: Exception | None
-) -> None:
+def _fail_if_incomplete(ctx: JobContext, missing: Mapping[str, int], tracker: Tracker, last: Exception | None) -> None:
     """Raise EvaluationIncomplete naming every model whose missing share is over `evaluate.max_missing_share`."""
+    evaluate = ctx.spec.evaluate
+    assert evaluate is not None
     over = {
         alias: count
         for alias, count in missing.items()
@@ -153,7 +153,7 @@ def _fail_if_incomplete(
         f"evaluation incomplete at its deadline (evaluate.deadline_min {evaluate.deadline_min:g}, "
         f"{tracker.round - 1} round(s)): {'; '.join(parts)}, over evaluate.max_missing_share "
         f"{evaluate.max_missing_share:g}; last transient error: {last}. The answers so far are kept: "
-        "`finetuned retry JOB` asks only the missing items again"
+        f"`finetuned retry {ctx.job_id}` asks only the missing items again"
     )
 
 

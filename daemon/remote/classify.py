@@ -12,7 +12,15 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from daemon.errors import ContextLengthExceeded, FinetunedError, Paused, RemoteRejected, TransientError, Unavailable
+from daemon.errors import (
+    ContentFiltered,
+    ContextLengthExceeded,
+    FinetunedError,
+    Paused,
+    RemoteRejected,
+    TransientError,
+    Unavailable,
+)
 
 # 408 Request Timeout, 409 Conflict (Together: a concurrent change), 425 Too Early, 429 Too Many Requests; and 5xx.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
@@ -29,6 +37,8 @@ CONTEXT_LENGTH = re.compile(
     r"|tokens?`? \+ `?max_new_tokens`? must be <=",
     re.IGNORECASE,
 )
+# OpenAI/Azure: 400 code "content_filter" / "content_policy_violation"; others word it "content filter"/"policy".
+CONTENT_FILTER = re.compile(r"content[ _-]?(filter|policy|management)", re.IGNORECASE)
 # 503 Service Unavailable: the whole server cannot answer now (llama.cpp "Loading model", Together "overloaded or
 # not ready yet", vLLM/TGI behind a proxy): transient until it is ready.
 UNAVAILABLE_STATUS = 503
@@ -107,6 +117,8 @@ def classify(what: str, status: int, body: object, headers: Mapping[str, str]) -
     text = f"{what}: HTTP {status}: {message or code or 'no message'}"
     if status in CONTEXT_STATUSES and (CONTEXT_LENGTH.search(message) or "context_length" in code):
         return ContextLengthExceeded(text, http_status=status)
+    if status in (400, 422) and CONTENT_FILTER.search(f"{message} {code}"):
+        return ContentFiltered(text, http_status=status)
     if status in PAUSING_STATUSES or is_quota(status, body):
         return Paused(f"{text} (remote work is paused until this is fixed)", http_status=status)
     if status == UNAVAILABLE_STATUS:

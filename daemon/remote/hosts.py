@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Mapping
 
 from yarl import URL
 
 from daemon.config import Settings
 from daemon.errors import BadInput
+from daemon.spec import Endpoint
 
 TOGETHER_KEY_VAR = "TOGETHER_API_KEY"
 TOGETHER_ORIGIN = "https://api.together.xyz"
@@ -102,6 +104,20 @@ def check_key_for(what: str, var: str, url: URL, settings: Settings) -> None:
         raise BadInput(f"{what}: {var} may not be named by a spec (the operator lists allowed ones in {KEYS_SETTING})")
     if not _host_matches(url, hosts):
         raise BadInput(f"{what}: {var} may be sent only to {', '.join(hosts)} ({KEYS_SETTING}), not to {url.host}")
+
+
+def endpoint_problems(endpoints: Mapping[str, Endpoint], settings: Settings) -> list[str]:
+    """What `finetuned check` reports about a spec's evaluation endpoints under this operator's settings."""
+    problems = []
+    for alias, endpoint in endpoints.items():
+        what = f"evaluate.endpoints.{alias}"
+        try:
+            url = check_base_url(f"{what}.base_url", endpoint.base_url, settings)
+            if endpoint.api_key_env:
+                check_key_for(f"{what}.api_key_env", endpoint.api_key_env, url, settings)
+        except BadInput as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def key_value(var: str, settings: Settings) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from daemon.errors import ContextLengthExceeded, FinetunedError, Paused, RemoteRejected, TransientError
+from daemon.errors import ContentFiltered, ContextLengthExceeded, FinetunedError, Paused, RemoteRejected, TransientError
 from daemon.jobs.context import JobContext
 from daemon.remote.backoff import Backoff, Clock
 from daemon.remote.chat import ChatClient, ChatEndpoint, ChatReply, ChatRequest
@@ -151,7 +151,10 @@ def answer_record(reply: ChatReply) -> dict[str, Any]:
         "attempts": reply.attempts,
         "simulated": reply.simulated,
     }
-    if not reply.content or not reply.content.strip():
+    if reply.finish_reason == "content_filter":
+        record |= {"prediction": None, "error": "the provider's content filter withheld the answer"}
+        record["error_kind"] = "content_filter"
+    elif not reply.content or not reply.content.strip():
         record |= {"prediction": None, "error": "the response has no message content", "error_kind": "empty"}
     return record
 
@@ -159,6 +162,8 @@ def answer_record(reply: ChatReply) -> dict[str, Any]:
 def error_record(exc: FinetunedError) -> dict[str, Any]:
     """The saved record of a failure: transient ones are `retryable` (missing, asked again), others final."""
     kind = "context_length" if isinstance(exc, ContextLengthExceeded) else "rejected"
+    if isinstance(exc, ContentFiltered):
+        kind = "content_filter"
     if isinstance(exc, TransientError):
         kind = "transient"
     return {

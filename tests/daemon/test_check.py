@@ -126,3 +126,18 @@ def test_shipped_examples_check_clean(name: str, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(EXAMPLES.parent)
     code, text = run_check(EXAMPLES / name)
     assert code == 0, text
+
+
+def test_endpoints_the_operator_does_not_allow_are_reported(tmp_path: Path) -> None:
+    """check names an endpoint key the operator has not allowed for that host and a metadata address; exit 1."""
+    endpoints = {
+        "a": {"base_url": "http://gw.lan:8000/v1", "api_key_env": "GW_KEY"},
+        "b": {"base_url": "http://169.254.169.254/v1"},
+    }
+    spec = write_spec(tmp_path, {"source": "x"}, evaluate={"models": ["a", "b"], "endpoints": endpoints})
+    code, text = run_check(spec)
+    assert code == 1
+    assert "evaluate.endpoints.a.api_key_env: GW_KEY may not be named by a spec" in text
+    assert "evaluate.endpoints.b.base_url: 169.254.169.254 is a link-local / metadata address" in text
+    code, text = run_check(spec, Settings(endpoint_keys="GW_KEY=gw.lan:8000", allow_link_local=True))
+    assert "endpoint:" not in text

@@ -133,7 +133,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 @dataclass
 class Recorder:
     """Answers `ans:<last question>`; `LONG` questions get a context-length 400, `EMPTY` ones an empty answer and
-    `FLAKY` ones a 502 (every time)."""
+    `FLAKY` ones a 502 (every time), `FILTERED` ones a content-filter 400."""
 
     bodies: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
@@ -155,6 +155,9 @@ class Recorder:
         question = body["messages"][-1]["content"]
         if self.status != 200:
             return web.json_response({"error": {"message": f"refused {question}", "type": "x"}}, status=self.status)
+        if "FILTERED" in question:
+            error = {"message": "The response was filtered due to the prompt", "code": "content_filter"}
+            return web.json_response({"error": error}, status=400)
         if "FLAKY" in question:
             return web.json_response({"error": {"message": "bad gateway", "type": "server_error"}}, status=502)
         if "LONG" in question:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.errors import ContextLengthExceeded, Paused, RemoteRejected, TransientError, Unavailable
+from daemon.errors import ContentFiltered, ContextLengthExceeded, Paused, RemoteRejected, TransientError, Unavailable
 from daemon.remote.backoff import RetryPolicy
 from daemon.remote.chat import ChatClient, ChatEndpoint, ChatRequest, chat_url
 from daemon.remote.classify import classify
@@ -32,12 +32,15 @@ def test_loading_and_overloaded_503_are_unavailable(flavour: str) -> None:
 
 
 def test_other_statuses_keep_their_classes() -> None:
-    """502 is transient (not Unavailable), 404 a refusal, 401 a pause, a 400 without context wording a refusal."""
+    """502 is transient (not Unavailable), 404 a refusal, 401 a pause, a 400 without context wording a refusal,
+    a 400 content_filter ContentFiltered."""
     body = {"error": {"message": "nope", "type": "x"}}
     assert type(classify("c", 502, body, {})) is TransientError
     assert type(classify("c", 404, body, {})) is RemoteRejected
     assert type(classify("c", 401, body, {})) is Paused
     assert type(classify("c", 400, {"error": {"message": "bad temperature"}}, {})) is RemoteRejected
+    filtered = {"error": {"message": "The response was filtered", "code": "content_filter"}}
+    assert type(classify("c", 400, filtered, {})) is ContentFiltered
 
 
 def _client() -> ChatClient:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from daemon.config import Settings
 from daemon.sandbox import start_sandbox
 from handlers import evaluate, report
-from tests.handlers.test_evaluate import make_ctx, read_jsonl, sandbox_settings, write_eval_file
+from tests.handlers.test_evaluate import Recorder, make_ctx, read_jsonl, sandbox_settings, write_eval_file
 
 
 async def test_predictions_carry_finish_reason_and_tokens_and_truncation_is_counted(tmp_path: Path) -> None:
@@ -61,3 +62,18 @@ async def test_llama_cpp_context_overflow_is_a_context_length_item(tmp_path: Pat
         for line in refused
     )
     assert output["models"]["m"]["truncated"] == model["truncated"]
+
+
+async def test_content_filter_is_a_permanent_error_item(tmp_path: Path, recorder: tuple[Recorder, str]) -> None:
+    """A content-filter 400 is an error item of kind content_filter: scored 0, counted, not missing, not re-asked."""
+    rec, base_url = recorder
+    row = {"id": "s", "source": "cnn", "system": "SYS", "story": "x"}
+    row["turns"] = [{"turn_id": n, "question": q, "answers": ["a"]} for n, q in enumerate(["Q1", "FILTERED"], 1)]
+    (tmp_path / "eval.jsonl").write_text(json.dumps(row) + "\n")
+    spec = {"models": ["m"], "endpoints": {"m": {"base_url": base_url}}}
+    ctx = make_ctx(tmp_path, Settings(), spec)
+    output = await evaluate.run(ctx, {"prepare": {"eval_file": str(tmp_path / "eval.jsonl")}})
+    model = json.loads((ctx.out_dir / "metrics.json").read_text())["models"]["m"]
+    assert model["error_kinds"] == {"content_filter": 1} and (model["answered"], model["missing"]) == (1, 0)
+    assert output["models"]["m"]["errors"] == 1
+    assert sum(1 for body in rec.bodies if body["messages"][-1]["content"] == "FILTERED") == 1
