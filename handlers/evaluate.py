@@ -33,6 +33,7 @@ from daemon.spec import EvaluateSpec
 from daemon.spool.files import atomic_write_bytes, write_json
 from handlers.evaluation import scoring
 from handlers.evaluation.stories import EvalStory, build_messages, item_id, load_eval_file
+from handlers.serving import rearm_budget_guard
 
 log = structlog.get_logger()
 
@@ -193,6 +194,7 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     if not eval_file:
         raise DatasetError("nothing to evaluate: the prepare step wrote no eval file (see dataset.eval_split)")
     stories = await asyncio.to_thread(load_eval_file, Path(eval_file), evaluate.limit)
+    rearm_budget_guard(ctx, inputs.get("serve"))  # handlers/serving.py: max_endpoint_usd, also after a restart
     served = inputs.get("serve", {}).get("model")  # a dedicated endpoint's name when the model needs one
     targets = resolve_targets(ctx, evaluate, served or inputs.get("poll", {}).get("model"))
     turns_per_model = sum(len(story.turns) for story in stories)
