@@ -26,6 +26,7 @@ from handlers.evaluation.asking import Rounds, Session, Target, Tracker, ask_unt
 from handlers.evaluation.batch import BatchRounds
 from handlers.evaluation.outputs import score_and_write
 from handlers.evaluation.stories import EvalStory, build_messages, load_eval_file
+from handlers.serving import rearm_budget_guard
 
 log = structlog.get_logger()
 
@@ -88,6 +89,7 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
         return {"skipped": f"the fine-tune was stopped: {stopped['reason']}", "models": {}}
     deadline_s = time.monotonic() + evaluate.deadline_min * 60.0
     stories = await asyncio.to_thread(load_eval_file, Path(eval_file), evaluate.limit)
+    rearm_budget_guard(ctx, inputs.get("serve"))  # handlers/serving.py: max_endpoint_usd, also after a restart
     served = inputs.get("serve", {}).get("model")  # a dedicated endpoint's name when the model needs one
     targets = await resolve_targets(ctx, evaluate, served or inputs.get("poll", {}).get("model"))
     tracker = Tracker(ctx, {target.alias: sum(len(story.turns) for story in stories) for target in targets})

@@ -59,6 +59,14 @@ def arm_budget_guard(ctx: JobContext, remote: FineTuneAPI, endpoint_id: str) -> 
         job_task.add_done_callback(lambda _: guard.cancel())
 
 
+def rearm_budget_guard(ctx: JobContext, served: StepOutput | None) -> None:
+    """For `evaluate`, which may run in a restarted daemon after `serve` was checkpointed: guard its endpoint
+    again (a no-op when the model is served serverless, without a budget, or already guarded)."""
+    if not served or served.get("mode") != "dedicated" or ctx.remote is None or ctx.job_id in _guards:
+        return
+    arm_budget_guard(ctx, ctx.remote, str(served["endpoint_id"]))
+
+
 async def _stop_at(remote: FineTuneAPI, endpoint_id: str, stop_at: float, budget_usd: float) -> None:
     await asyncio.sleep(max(0.0, stop_at - time.time()))
     log.error("endpoint_budget_reached", endpoint_id=endpoint_id, max_endpoint_usd=budget_usd)

@@ -68,10 +68,13 @@ async def test_price_above_max_creates_nothing(
     assert "create.intent" not in journal.values
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
 async def test_crash_between_create_and_save_adopts_the_job(
-    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle, lean: bool
 ) -> None:
-    """Intent journaled, job created, id lost (crash): the rerun lists jobs and adopts it; exactly one create."""
+    """Intent journaled, job created, id lost (crash): the rerun lists jobs and adopts it; exactly one create
+    (also when the list answers only contract fields: no `suffix`, the tag is found in `model_output_name`)."""
+    await admin(sandbox.base_url, "POST", "/_sandbox/config", {"lean": lean})
     journal = DictJournal()
     ctx, inputs = await uploaded_ctx(tmp_path, remote_settings, api, journal)
     first = await create.run(ctx, inputs)

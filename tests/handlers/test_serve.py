@@ -19,7 +19,7 @@ from daemon.remote.api import EndpointRequest
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from daemon.spec import JobSpec
-from handlers import create, poll, serve, upload
+from handlers import create, poll, serve, serving, upload
 from handlers.serving import ENDPOINT_FILE
 from tests.daemon.sandbox.helpers import BASE_MODEL, DictJournal, admin, make_ctx, write_chat_jsonl
 
@@ -154,6 +154,25 @@ async def test_the_spend_guard_stops_the_endpoint_at_max_endpoint_usd(
             await asyncio.sleep(0.05)
     released = await serve.release(ctx, {**inputs, "serve": out})
     assert released["budget_reached"] is True and "max_endpoint_usd" in released["note"]
+
+
+async def test_the_spend_guard_is_armed_again_for_an_evaluation_resumed_after_a_restart(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """A restarted daemon (no guard in memory) re-arms it from serve's output when the evaluation resumes."""
+    spec = spec_for(OTHER_BASE, max_endpoint_usd=0.0004, expected_eval_min=0.001)
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec)
+    out = await serve.run(ctx, inputs)
+    serving._disarm(ctx.job_id)  # what a new process has: no guard
+    endpoint = sandbox.sandbox.live_endpoint(out["endpoint_id"])
+    assert endpoint is not None
+    serving.rearm_budget_guard(ctx, out)
+    serving.rearm_budget_guard(ctx, {"mode": "serverless", "model": "x"})  # nothing to guard
+    async with asyncio.timeout(5):
+        while endpoint.billing(sandbox.sandbox.clock()):
+            await asyncio.sleep(0.05)
+    await serve.cleanup(ctx, "completed")
+    assert (await endpoint_stats(sandbox))["running"] == 0
 
 
 async def test_start_up_sweep_deletes_endpoints_of_ended_jobs_only(

@@ -44,12 +44,16 @@ class Contract:
     def __init__(self, *, lean: bool) -> None:
         document = json.loads(SCHEMA_FILE.read_text())
         self.document = closed(document) if lean else document
+        jsonschema.Draft202012Validator.check_schema(self.document)
+        self.validators: dict[str, jsonschema.Draft202012Validator] = {}
         self.checked: list[str] = []
 
     def check(self, name: str, body: Any) -> None:
         """Raise jsonschema.ValidationError unless `body` is a valid `name`."""
-        schema = {**copy.deepcopy(self.document), "$ref": f"#/$defs/{name}"}
-        jsonschema.validate(body, schema)
+        if name not in self.validators:
+            schema = {**copy.deepcopy(self.document), "$ref": f"#/$defs/{name}"}
+            self.validators[name] = jsonschema.Draft202012Validator(schema)
+        self.validators[name].validate(body)
         self.checked.append(name)
 
 
