@@ -124,7 +124,7 @@ async def test_from_checkpoint_of_a_job_without_a_fine_tune_fails_clearly(spool:
 
 async def test_rising_eval_loss_stops_and_cancels_the_run_and_the_report_says_why(spool: Path) -> None:
     """A scripted overfitting run: stop_when's patience fires, the fine-tune is cancelled, nothing is evaluated."""
-    slow = await start_sandbox(speed=300.0, retry_after_s=0.05)
+    slow = await start_sandbox(speed=100.0, retry_after_s=0.05)
     try:
         await sandbox_admin(slow.base_url, "eval-trends", {"eval_loss": "rising"})
         extra = "  validation_size: 2\n"
