@@ -37,6 +37,8 @@ log = structlog.get_logger()
 # EXIT_PAUSED; the paused jobs resume at the next run.
 ONCE_PAUSE_PROBES = 5
 EXIT_PAUSED = 3
+# After the watcher fails, wait this long before watching again (the reconcile timer and the wake cover the gap).
+WATCH_RESTART_S = 0.5
 
 
 @contextlib.contextmanager
@@ -184,26 +186,36 @@ class Service:
             await asyncio.gather(stop, wake, return_exceptions=True)
 
     async def _watch(self) -> None:
-        """watchfiles as a wake-up hint only; restarted when the inbox folder is replaced (which silences inotify)."""
-        watched = [self.settings.inbox, self.settings.cancel_dir]
+        """watchfiles as a wake-up hint only; restarted when the inbox folder is replaced (which silences inotify) or
+        when it fails (it raises on a file name that is not UTF-8): the scan, which reads names as bytes, is the truth.
+        """
         while not self.stop.is_set():
-            for folder in watched:
-                folder.mkdir(parents=True, exist_ok=True)
-            inode = self.settings.inbox.stat().st_ino
-            async for _changes in watchfiles.awatch(
-                *watched,
-                watch_filter=None,
-                recursive=False,
-                debounce=200,
-                step=20,
-                stop_event=self.stop,
-                rust_timeout=int(self.settings.reconcile_interval_s * 1000 / 2) or 1000,
-                yield_on_timeout=True,
-            ):
+            try:
+                await self._watch_until_replaced()
+            except Exception as exc:  # noqa: BLE001 - a hint source failing costs latency, never the daemon
+                log.warning("watcher_failed", error=f"{type(exc).__name__}: {exc}"[:300], restart_in_s=WATCH_RESTART_S)
                 self.wake.set()
-                if not _same_inode(self.settings.inbox, inode):
-                    log.warning("inbox_replaced", inbox=str(self.settings.inbox))
-                    break
+                await asyncio.sleep(WATCH_RESTART_S)
+
+    async def _watch_until_replaced(self) -> None:
+        watched = [self.settings.inbox, self.settings.cancel_dir]
+        for folder in watched:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        inode = self.settings.inbox.stat().st_ino
+        async for _changes in watchfiles.awatch(
+            *watched,
+            watch_filter=None,
+            recursive=False,
+            debounce=200,
+            step=20,
+            stop_event=self.stop,
+            rust_timeout=int(self.settings.reconcile_interval_s * 1000 / 2) or 1000,
+            yield_on_timeout=True,
+        ):
+            self.wake.set()
+            if not _same_inode(self.settings.inbox, inode):
+                log.warning("inbox_replaced", inbox=str(self.settings.inbox))
+                return
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself, every half WatchdogSec, while the intake loop keeps ticking."""

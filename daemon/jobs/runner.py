@@ -38,6 +38,7 @@ from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
 from daemon.spec import JobSpec, parse_spec
 from daemon.spool import outbox
+from daemon.spool.names import printable
 
 log = structlog.get_logger()
 
@@ -126,7 +127,7 @@ class Runner:
             "job_id": job_id,
             "name": name,
             "status": str(JobStatus.rejected),
-            "file": path.name,
+            "file": printable(path.name),
             "created_at": iso(time.time()),
             "error": error | {"problems": problems},
             "problems": problems,

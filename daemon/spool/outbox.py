@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.spool.files import atomic_write_json, fsync_dir
+from daemon.spool.names import kept_name
 
 STATUS_FILE = "status.json"
 LOG_FILE = "log.jsonl"
@@ -30,9 +31,13 @@ def create_job_folder(outbox: Path, job_id: str, spec_copy: Path, status: dict[s
         return final
     staging = outbox / f".staging-{job_id}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    shutil.copy2(spec_copy, staging / spec_copy.name)
-    atomic_write_json(staging / STATUS_FILE, status)
+    try:
+        staging.mkdir(parents=True)
+        shutil.copy2(spec_copy, staging / spec_copy.name)
+        atomic_write_json(staging / STATUS_FILE, status)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     os.rename(staging, final)
     fsync_dir(outbox)
     return final
@@ -44,13 +49,18 @@ def publish_rejected(outbox: Path, job_id: str, original: Path, status: dict[str
     if final.exists():
         return keep_duplicate(outbox, job_id, original)
     staging = outbox / f".staging-{job_id}-{os.getpid()}"
+    name = kept_name(original.name)
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    atomic_write_json(staging / STATUS_FILE, status)
-    os.rename(original, staging / original.name)  # rename, never open: links and FIFOs move as they are
+    try:
+        staging.mkdir(parents=True)
+        atomic_write_json(staging / STATUS_FILE, status)
+        os.rename(original, staging / name)  # rename, never open: links and FIFOs move as they are
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-made stays behind; the input is still in place
+        raise
     os.rename(staging, final)
     fsync_dir(outbox)
-    return final / original.name
+    return final / name
 
 
 def keep_duplicate(outbox: Path, job_id: str, original: Path) -> Path:
@@ -58,10 +68,19 @@ def keep_duplicate(outbox: Path, job_id: str, original: Path) -> Path:
     folder = job_dir(outbox, job_id) / DUPLICATES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = folder / f"{stamp}-{time.monotonic_ns() % 10**6:06d}-{original.name}"
+    target = folder / f"{stamp}-{time.monotonic_ns() % 10**6:06d}-{kept_name(original.name)}"
     os.rename(original, target)
     fsync_dir(folder)
     return target
+
+
+def remove_staging(outbox: Path) -> list[str]:
+    """Remove half-built outbox folders (`.staging-*`) left by a crash or a full disk; returns their names."""
+    removed = []
+    for staging in outbox.glob(".staging-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging.name)
+    return removed
 
 
 def write_status(outbox: Path, job_id: str, status: dict[str, Any]) -> None:
