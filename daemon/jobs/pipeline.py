@@ -28,7 +28,7 @@ STEPS: tuple[Step, ...] = (
     Step("validate", validate.run, _always),
     Step("upload", upload.run, _finetunes, remote=True, needs_together=True),
     Step("create", create.run, _finetunes, remote=True, needs_together=True, cleanup=create.cleanup),
-    Step("poll", poll.run, _finetunes, remote=True, needs_together=True),
+    Step("poll", poll.run, _finetunes, remote=True, needs_together=True, waits=True),
     Step("evaluate", evaluate.run, _evaluates, remote=True),
     Step("report", report.run, _reports),
 )

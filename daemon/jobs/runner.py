@@ -289,7 +289,7 @@ class Runner:
         while True:
             if step.remote:
                 await self._wait_gate(ctx.job_id)
-            attempt = await self._store.begin_step(ctx.job_id, step.name)
+            attempt = await self._store.begin_step(ctx.job_id, step.name, count=not step.waits)
             if attempt > self.settings.max_step_attempts:
                 raise AttemptsExhausted(
                     f"step {step.name} was started {attempt - 1} times without finishing "

@@ -155,17 +155,18 @@ class StateStore:
             (status, step, json.dumps(error) if error else None, time.time(), job_id),
         )
 
-    async def begin_step(self, job_id: str, step: str) -> int:
-        """Count an attempt of `step` *before* it runs; returns the attempt number."""
+    async def begin_step(self, job_id: str, step: str, *, count: bool = True) -> int:
+        """Count an attempt of `step` *before* it runs (without `count`, only the first start counts); returns the
+        attempt number."""
         now = time.time()
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 await self._db.execute(
                     "INSERT INTO steps (job_id, step, status, attempts, started_at) VALUES (?,?,?,1,?) "
-                    "ON CONFLICT(job_id, step) DO UPDATE SET attempts=attempts+1, status=excluded.status, "
+                    "ON CONFLICT(job_id, step) DO UPDATE SET attempts=MAX(attempts+?, 1), status=excluded.status, "
                     "started_at=excluded.started_at, finished_at=NULL",
-                    (job_id, step, StepStatus.running, now),
+                    (job_id, step, StepStatus.running, now, 1 if count else 0),
                 )
                 await self._db.execute("UPDATE jobs SET step=?, updated_at=? WHERE job_id=?", (step, now, job_id))
                 rows = list(
