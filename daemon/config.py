@@ -23,6 +23,7 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_RECONCILE_INTERVAL_S": "reconcile_interval_s",
     "FINETUNED_SETTLE_S": "settle_s",
     "FINETUNED_MAX_SPEC_BYTES": "max_spec_bytes",
+    "FINETUNED_MIN_FREE_BYTES": "min_free_bytes",
     "FINETUNED_SHUTDOWN_GRACE_S": "shutdown_grace_s",
     "FINETUNED_POLL_MIN_S": "poll_min_s",
     "FINETUNED_POLL_MAX_S": "poll_max_s",
@@ -61,6 +62,8 @@ class Settings:
     reconcile_interval_s: float = 60.0
     settle_s: float = 5.0
     max_spec_bytes: int = 1024 * 1024
+    # Below this much free space on the outbox's or the state folder's filesystem, writing work waits (disk full).
+    min_free_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 20.0
     poll_min_s: float = 30.0
     poll_max_s: float = 600.0
@@ -148,6 +151,7 @@ def _convert(var: str, field: str, raw: str) -> object:
         "max_step_attempts": int,
         "retry_attempts": int,
         "max_spec_bytes": int,
+        "min_free_bytes": int,
         "status_port": int,
         "watchdog_usec": int,
     }.get(field)

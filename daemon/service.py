@@ -239,6 +239,8 @@ class Service:
 
     def _status_line(self) -> str:
         paused = "" if self.gate.is_open else f"; remote work paused: {self.gate.reason}"
+        if self.runner.space.is_full:
+            paused += "; disk full: claims and writing paused until space returns"
         return f"{self.runner.active_jobs} job(s) active{paused}"
 
     def _changed(self) -> None:

@@ -19,9 +19,10 @@ from daemon.errors import SpecError
 from daemon.jobs.faults import crash_point
 from daemon.jobs.runner import Runner
 from daemon.spec import parse_spec
-from daemon.spool import inbox
+from daemon.spool import inbox, outbox
 from daemon.spool.inbox import Arrival, Unsettled
 from daemon.spool.names import is_candidate, printable
+from daemon.spool.space import is_disk_full
 
 log = structlog.get_logger()
 
@@ -33,9 +34,16 @@ class Intake:
         self.settings, self.runner = settings, runner
         self.sightings = inbox.Sightings()
         self._left_alone: dict[tuple[str, inbox.Identity | None], str] = {}  # inputs that cannot even be moved
+        self._orphans = False  # a claim may have missed its database row (disk full): re-adopt once there is space
 
     async def scan_once(self) -> float | None:
         """Judge the inbox and accept what is ready; returns when to look again for unsettled files (epoch s)."""
+        if not await self.runner.space.check():
+            # A full disk: claim nothing (the inputs wait in the inbox), look again after the probe interval.
+            return time.time() + self.runner.space.probe_interval_s
+        if self._orphans:
+            self._orphans = False
+            await self.readopt_orphans()
         judged = await asyncio.to_thread(inbox.scan, self.settings.inbox, self.settings, self.sightings)
         next_due: float | None = None
         for item in judged:
@@ -54,8 +62,12 @@ class Intake:
         failure = await _failure_of(self.accept(arrival))
         if failure is None:
             return
-        reason = f"finetuned could not take this input in: {failure}"
-        log.error("intake_failed", file=printable(arrival.path.name), job_id=arrival.job_id, error=reason[:500])
+        reason = f"finetuned could not take this input in: {type(failure).__name__}: {failure}"[:500]
+        log.error("intake_failed", file=printable(arrival.path.name), job_id=arrival.job_id, error=reason)
+        if is_disk_full(failure):
+            self.runner.space.found_full(reason)
+            self._orphans = True  # not the input's fault: it is taken in (or re-adopted) once there is space
+            return
         if not await asyncio.to_thread(os.path.lexists, arrival.path):
             return  # it was claimed before the failure: the job folder is re-adopted at the next start
         job_id = f"{arrival.job_id}-intake"
@@ -63,7 +75,7 @@ class Intake:
         if move_failure is not None:
             self._left_alone[(arrival.path.name, arrival.identity)] = reason
             log.error(
-                "input_left_in_inbox", file=printable(arrival.path.name), reason=reason[:500], move_error=move_failure
+                "input_left_in_inbox", file=printable(arrival.path.name), reason=reason, move_error=str(move_failure)
             )
 
     async def accept(self, arrival: Arrival) -> None:
@@ -85,16 +97,27 @@ class Intake:
     async def recover(self) -> list[str]:
         """Before READY: put half-claimed specs back, re-admit claimed ones missing from the store, resume jobs."""
         await asyncio.to_thread(self._return_half_claims)
-        for folder in await asyncio.to_thread(self._claimed_folders):
-            if await self.runner.known(folder.name):
-                continue
-            failure = await _failure_of(self._readopt(folder))  # one claimed input must not stop the start
-            if failure is not None:
-                log.error("claim_readopt_failed", folder=printable(folder.name), error=failure)
+        removed = await asyncio.to_thread(outbox.remove_staging, self.settings.outbox)
+        if removed:
+            log.warning("outbox_staging_removed", folders=removed)
+        await self.readopt_orphans()
         unfinished = await self.runner.resume_unfinished()
         if unfinished:
             log.info("jobs_resumed", count=len(unfinished), job_ids=unfinished)
         return unfinished
+
+    async def readopt_orphans(self) -> None:
+        """Claimed folders the database does not know (a crash, or a full disk, between claim and record) become
+        their jobs again; one that cannot is logged and left (it never stops the daemon)."""
+        for folder in await asyncio.to_thread(self._claimed_folders):
+            if await self.runner.known(folder.name):
+                continue
+            failure = await _failure_of(self._readopt(folder))
+            if failure is not None:
+                log.error(
+                    "claim_readopt_failed", folder=printable(folder.name), error=f"{type(failure).__name__}: {failure}"
+                )
+                self._orphans = self._orphans or is_disk_full(failure)
 
     def _return_half_claims(self) -> None:
         for staging in self.settings.jobs_dir.glob(".claim-*"):
@@ -135,12 +158,12 @@ class Intake:
             await asyncio.to_thread(request.unlink, missing_ok=True)
 
 
-async def _failure_of(step: Awaitable[None]) -> str | None:
+async def _failure_of(step: Awaitable[None]) -> Exception | None:
     """Await one input's step; None when it went well, else what went wrong (the intake boundary: one input's
     failure is never the daemon's)."""
     try:
         await step
     except Exception as exc:  # noqa: BLE001 - the intake boundary, as the runner's is per job
         log.debug("intake_step_failed", exc_info=True)
-        return f"{type(exc).__name__}: {exc}"[:500]
+        return exc
     return None
