@@ -119,8 +119,20 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
     return commands[args.command](args, settings)
 
 
+def _stop_during_startup(_signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT before the daemon's own handlers are installed: nothing has started, so leave cleanly."""
+    raise SystemExit(0)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned run`: the daemon."""
+    import signal
+
+    # Until the service installs its handlers: a stop request exits 0, a SIGHUP (a closed terminal, a reload
+    # request) is ignored; settings are read once at start, so a reload means a restart.
+    signal.signal(signal.SIGTERM, _stop_during_startup)
+    signal.signal(signal.SIGINT, _stop_during_startup)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import asyncio
 
     from daemon import logs
@@ -222,9 +234,11 @@ def read_statuses(outbox: Path) -> list[dict[str, Any]]:
     documents = []
     for path in sorted(outbox.glob("*/status.json")):
         try:
-            documents.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError):
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
+        if isinstance(document, dict):  # anything else was not written by finetuned
+            documents.append(document)
     return sorted(documents, key=lambda d: str(d.get("created_at") or ""))
 
 
@@ -289,5 +303,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from daemon import logs
     from daemon.sandbox.__main__ import serve
 
+    if not 0 <= args.port <= 65535:
+        raise StartupError(f"--port {args.port}: a TCP port is 0 to 65535")
     logs.configure("info")
-    return serve(args)
+    try:
+        return serve(args)
+    except OSError as exc:
+        raise StartupError(f"cannot serve the sandbox on {args.host}:{args.port}: {exc.strerror or exc}") from exc

@@ -21,6 +21,7 @@ import watchfiles
 
 from daemon.config import Settings
 from daemon.errors import StartupError
+from daemon.jobs.consistency import check_matches_outbox
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
@@ -67,7 +68,16 @@ def single_instance(lock_path: Path) -> Any:
 def prepare_dirs(settings: Settings) -> None:
     """Create the spool folders and check that claiming (a rename) works between them."""
     for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.cancel_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".finetuned-write-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot use {folder} ({exc.strerror or exc}): the inbox, outbox and state folder must be "
+                "folders this user can write (set --inbox/--outbox/--state-dir or FINETUNED_*)"
+            ) from exc
     inbox.check_same_filesystem(settings)
 
 
@@ -104,10 +114,12 @@ class Service:
 
     async def run(self) -> int:
         """Run until stopped (or, with once, until idle); returns the exit code."""
+        self._install_signals()  # a stop during start-up finishes the start-up, then stops cleanly
         prepare_dirs(self.settings)
         with single_instance(self.settings.lock_path):
             store = await StateStore.open(self.settings.db_path)
             try:
+                await check_matches_outbox(store, self.settings.outbox, self.settings.db_path)
                 return await self._serve(store)
             finally:
                 await store.close()
@@ -123,7 +135,6 @@ class Service:
             on_change=self._changed,
         )
         intake = Intake(self.settings, self.runner)
-        self._install_signals()
         resumed = await intake.recover()
         self.notifier.send("READY=1", f"STATUS=ready; {len(resumed)} job(s) resumed")
         log.info("daemon_ready", inbox=str(self.settings.inbox), outbox=str(self.settings.outbox), once=self.once)
@@ -144,7 +155,13 @@ class Service:
         from daemon.status_server import StatusServer  # imports aiohttp.web; only a running daemon needs it
 
         server = StatusServer(self.settings, self.runner, self.gate)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve status on {self.settings.status_host}:{self.settings.status_port} "
+                f"({exc.strerror or exc}): choose another FINETUNED_STATUS_PORT (0: none)"
+            ) from exc
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(self._watch(), name="watcher")
             watchdog = tasks.create_task(self._watchdog(), name="watchdog")
@@ -250,6 +267,10 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+
+    def _on_hangup(self) -> None:
+        log.info("sighup_ignored", note="settings are read once at start: restart the daemon to apply changes")
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -258,7 +279,8 @@ class Service:
             self.stop.set()
             return
         log.warning("shutdown_forced", signal=sig.name)
-        self.runner.interrupt_all()
+        if self._runner is not None:
+            self.runner.interrupt_all()
 
 
 def _same_inode(path: Path, inode: int) -> bool:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from daemon.errors import StartupError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -128,10 +131,19 @@ class StateStore:
     async def open(cls, path: Path) -> StateStore:
         """Open (creating if needed) the database with WAL and full fsync."""
         db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(SCHEMA)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.executescript(SCHEMA)
+            await db.execute_fetchall("SELECT job_id, status FROM jobs LIMIT 1")
+        except sqlite3.DatabaseError as exc:
+            await db.close()  # else its thread keeps the process from exiting
+            raise StartupError(
+                f"the state database {path} cannot be read ({exc}): it is damaged or not a finetuned database. "
+                "Restore it from a backup, or move it aside together with the outbox and state/jobs/ folders to "
+                "start afresh (finished jobs would otherwise run again)"
+            ) from exc
         return cls(db)
 
     async def close(self) -> None:

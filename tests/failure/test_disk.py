@@ -8,11 +8,12 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.failure.conftest import launch, stop
-from tests.process import daemon_env, spec_text, statuses, wait_until, write_coqa
+from tests.process import daemon_env, run_daemon, spec_text, stats, statuses, wait_until, write_coqa
 
 
 @pytest.fixture
@@ -41,6 +42,13 @@ def fill(folder: Path) -> Path:
         except OSError:
             pass
     return filler
+
+
+def damage_db(db: Path, content: bytes) -> None:
+    """Replace the state database (and drop its WAL files) with `content`."""
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    db.write_bytes(content)
 
 
 def leftovers(spool: Path) -> list[str]:
@@ -83,3 +91,21 @@ async def test_full_disk_pauses_writing_and_resumes_when_space_returns(
     assert code == 0, stderr
     assert '"disk_full_paused"' in out
     assert leftovers(spool) == [] and os.listdir(spool / "inbox") == []
+
+
+async def test_emptied_or_damaged_state_db_refuses_to_start_and_pays_nothing_twice(spool: Path, sandbox: Any) -> None:
+    """After a completed fine-tune job, an emptied state.db and then one of random bytes each stop the start with
+    exit 2 and a message saying what to do, quickly; no second fine-tune, the job's results untouched."""
+    (spool / "inbox" / "paid.yaml").write_text(spec_text("paid", spool / "data"))
+    env = daemon_env(spool, sandbox.base_url)
+    code, _, stderr = await run_daemon(env)
+    assert code == 0, stderr
+    (done,) = statuses(spool).values()
+    assert done["status"] == "completed"
+    db = spool / "state" / "state.db"
+    for damage, needle in ((b"", "does not match the outbox"), (os.urandom(8192), "cannot be read")):
+        damage_db(db, damage)
+        code, _, stderr = await run_daemon(env, timeout_s=30)
+        assert code == 2 and needle in stderr and "Traceback" not in stderr, stderr
+    assert (await stats(sandbox.base_url))["POST /v1/fine-tunes"] == 1
+    assert statuses(spool)[str(done["job_id"])] == done
