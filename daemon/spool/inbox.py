@@ -194,6 +194,9 @@ def scan(inbox: Path, settings: Settings, sightings: Sightings | None = None) ->
         entries = [e for e in os.scandir(inbox) if is_candidate(e.name)]
     except FileNotFoundError:
         return []
+    except OSError as exc:  # e.g. the inbox's mode was changed under us: nothing to judge until it is fixed
+        log.error("inbox_unreadable", inbox=str(inbox), error=str(exc))
+        return []
     results: list[tuple[float, Arrival | Unsettled]] = []
     for entry in entries:
         try:

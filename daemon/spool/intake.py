@@ -151,8 +151,8 @@ class Intake:
         folder = self.settings.cancel_dir
         requests = await asyncio.to_thread(lambda: sorted(folder.glob("*")) if folder.is_dir() else [])
         for request in requests:
-            if not is_candidate(request.name):
-                continue
+            if not is_candidate(request.name) or printable(request.name) != request.name:
+                continue  # not a request `finetuned cancel` writes (a job id is printable UTF-8)
             done = await self.runner.request_cancel(request.name)
             log.info("cancel_requested", job_id=request.name, acted=done)
             await asyncio.to_thread(request.unlink, missing_ok=True)
