@@ -268,6 +268,9 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        # The inbox asks for a read lease to tell whether a spec is still open for writing; a writer opening the
+        # file during those microseconds would signal SIGIO (default: terminate). Nothing here uses SIGIO.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     def _on_hangup(self) -> None:
         log.info("sighup_ignored", note="settings are read once at start: restart the daemon to apply changes")

@@ -6,9 +6,11 @@ The directory is the truth; watch events only say "look again". Claiming is one 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
+import signal
 import stat
 import time
 from dataclasses import dataclass, field
@@ -25,8 +27,13 @@ from daemon.spool.names import is_candidate, kept_name, printable
 log = structlog.get_logger()
 
 # A spec that parses is claimed once two looks at least this far apart (monotonic clock) saw the same inode, size
-# and mtime: a writer still writing changes them. Producers that pause longer must deliver by rename (as `submit`).
+# and mtime (a writer still writing changes them), and, where the kernel can tell, nobody holds it open for writing.
 STABLE_S = 0.05
+
+
+class _BeingWritten(Exception):
+    """Some process holds the file open for writing."""
+
 
 Identity = tuple[int, int, int]  # inode, size, mtime_ns
 
@@ -104,6 +111,8 @@ def inspect(
     if problem is None:
         try:
             data = _read_regular(path, settings.max_spec_bytes, identity)
+        except _BeingWritten:
+            return Unsettled(path=path, due=time.time() + STABLE_S)
         except OSError as exc:
             problem = (
                 f"cannot be read by finetuned ({exc.strerror}; owner uid {st.st_uid}, mode {st.st_mode & 0o7777:04o})"
@@ -175,6 +184,8 @@ def _read_regular(path: Path, max_bytes: int, identity: Identity) -> bytes | Non
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
+        if _open_for_writing(fd):
+            raise _BeingWritten(path.name)
         chunks: list[bytes] = []
         remaining = max_bytes + 1
         while remaining > 0 and (chunk := os.read(fd, min(remaining, 1 << 16))):
@@ -184,6 +195,20 @@ def _read_regular(path: Path, max_bytes: int, identity: Identity) -> bytes | Non
         return b"".join(chunks) if (after.st_ino, after.st_size, after.st_mtime_ns) == identity else None
     finally:
         os.close(fd)
+
+
+def _open_for_writing(fd: int) -> bool:
+    """True when some process has the file open for writing: a read lease is refused (EAGAIN) then (Linux). Only
+    tried once SIGIO is ignored (the service does it), as a writer opening the file while the lease is held for
+    these microseconds signals the holder; False when the kernel cannot tell (another owner's file, NFS)."""
+    if not hasattr(fcntl, "F_SETLEASE") or signal.getsignal(signal.SIGIO) != signal.SIG_IGN:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
 
 
 def scan(inbox: Path, settings: Settings, sightings: Sightings | None = None) -> list[Arrival | Unsettled]:

@@ -45,6 +45,8 @@ class Intake:
             self._orphans = False
             await self.readopt_orphans()
         judged = await asyncio.to_thread(inbox.scan, self.settings.inbox, self.settings, self.sightings)
+        present = {item.path.name for item in judged}
+        self._left_alone = {key: why for key, why in self._left_alone.items() if key[0] in present}
         next_due: float | None = None
         for item in judged:
             if isinstance(item, Unsettled):

@@ -110,18 +110,18 @@ async def test_long_name_dropped_twice_keeps_the_duplicate(spool: Path) -> None:
 
 
 async def test_slow_writer_spec_is_claimed_only_when_complete(spool: Path) -> None:
-    """A writer appending to a spec in place every 20 ms, whose first part already parses, has the whole file
-    claimed, never its first part."""
+    """A writer appending to a spec in place, every 20 ms with a few 300 ms pauses (longer than the stability
+    window: the open file is what holds it), whose first part already parses, has the whole file claimed."""
     process = await launch(daemon_env(spool))
     await asyncio.sleep(1.5)  # the daemon is watching
     path = spool / "inbox" / "slow.yaml"
     lines = [f"name: slow\ndataset:\n  source: {spool / 'data'}\n", *[f"  # line {i}\n" for i in range(40)]]
     lines.append("  format: coqa\n")
     with open(path, "w") as fh:
-        for line in lines:
+        for i, line in enumerate(lines):
             fh.write(line)
             fh.flush()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3 if i % 10 == 0 else 0.02)
     await wait_until(lambda: "completed" in by_status(spool), timeout_s=60)
     (done,) = by_status(spool)["completed"]
     assert (spool / "outbox" / str(done["job_id"]) / "slow.yaml").read_text() == "".join(lines)

@@ -130,3 +130,25 @@ def test_same_filesystem_check_fails_clearly(settings: Settings, inbox: Path) ->
     settings.jobs_dir.mkdir()
     spool.check_same_filesystem(settings)
     assert list(inbox.iterdir()) == []
+
+
+def test_a_spec_held_open_for_writing_is_not_claimed(settings: Settings, inbox: Path) -> None:
+    """A stable spec that some process still holds open for writing waits (read lease refused) until closed."""
+    import signal
+
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # as the service does before any scan
+    try:
+        path = inbox / "open.yaml"
+        with open(path, "wb") as writer:
+            writer.write(GOOD)
+            writer.flush()
+            sightings = spool.Sightings()
+            for _ in range(3):
+                assert isinstance(spool.inspect(path, settings, sightings=sightings), Unsettled)
+                time.sleep(spool.STABLE_S)
+        time.sleep(spool.STABLE_S)
+        spool.inspect(path, settings, sightings=sightings)
+        time.sleep(spool.STABLE_S)
+        assert isinstance(spool.inspect(path, settings, sightings=sightings), Arrival)
+    finally:
+        signal.signal(signal.SIGIO, previous)
