@@ -21,7 +21,7 @@ from daemon.jobs.runner import Runner
 from daemon.spec import parse_spec
 from daemon.spool import inbox, outbox
 from daemon.spool.inbox import Arrival, Unsettled
-from daemon.spool.names import is_candidate, printable
+from daemon.spool.names import is_candidate, kept_name, printable
 from daemon.spool.space import is_disk_full
 
 log = structlog.get_logger()
@@ -140,6 +140,10 @@ class Intake:
         if not specs:
             return
         claimed = specs[0]
+        if kept_name(claimed.name) != claimed.name:  # claimed by an older version under its raw name
+            renamed = claimed.with_name(kept_name(claimed.name))
+            await asyncio.to_thread(os.rename, claimed, renamed)
+            claimed = renamed
         try:
             spec = parse_spec(await asyncio.to_thread(claimed.read_bytes), claimed.name)
         except SpecError:

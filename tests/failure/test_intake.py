@@ -65,7 +65,7 @@ async def test_non_utf8_names_end_in_the_outbox_and_restarts_are_clean(spool: Pa
     for _ in range(2):
         code, _, stderr = await run_daemon(daemon_env(spool), timeout_s=60)
         assert code == 0, stderr
-    assert len(statuses(spool)) >= 2
+    assert statuses(spool)["old-1234abcd"]["status"] == "completed"  # re-adopted under a safe name, and run
 
 
 async def test_unreadable_and_unmovable_inputs_never_stop_intake(spool: Path) -> None:
