@@ -99,9 +99,9 @@ class Intake:
     async def recover(self) -> list[str]:
         """Before READY: put half-claimed specs back, re-admit claimed ones missing from the store, resume jobs."""
         await asyncio.to_thread(self._return_half_claims)
-        removed = await asyncio.to_thread(outbox.remove_staging, self.settings.outbox)
+        removed = await asyncio.to_thread(outbox.remove_leftovers, self.settings.outbox)
         if removed:
-            log.warning("outbox_staging_removed", folders=removed)
+            log.warning("outbox_leftovers_removed", count=len(removed), examples=removed[:5])
         await self.readopt_orphans()
         unfinished = await self.runner.resume_unfinished()
         if unfinished:

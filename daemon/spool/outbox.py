@@ -6,6 +6,7 @@ Only the runner calls these; files inside are replaced atomically, so readers ne
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from daemon.spool.names import kept_name
 STATUS_FILE = "status.json"
 LOG_FILE = "log.jsonl"
 DUPLICATES_DIR = "duplicates"
+TEMP_FILE = re.compile(r"^\..+\.\d+\.tmp$")  # files.atomic_write_bytes' temp files
 
 
 def job_dir(outbox: Path, job_id: str) -> Path:
@@ -74,12 +76,19 @@ def keep_duplicate(outbox: Path, job_id: str, original: Path) -> Path:
     return target
 
 
-def remove_staging(outbox: Path) -> list[str]:
-    """Remove half-built outbox folders (`.staging-*`) left by a crash or a full disk; returns their names."""
+def remove_leftovers(outbox: Path) -> list[str]:
+    """Remove what a kill or a full disk can leave half-made: outbox folders being built (`.staging-*`) and the
+    temp files of atomic writes (`.<name>.<pid>.tmp`) in job folders; returns what was removed (at start-up only:
+    a running daemon's own writes are never touched)."""
     removed = []
     for staging in outbox.glob(".staging-*"):
         shutil.rmtree(staging, ignore_errors=True)
         removed.append(staging.name)
+    for pattern in ("*/.*.tmp", "*/*/.*.tmp"):
+        for tmp in outbox.glob(pattern):
+            if TEMP_FILE.match(tmp.name):
+                tmp.unlink(missing_ok=True)
+                removed.append(str(tmp.relative_to(outbox)))
     return removed
 
 
