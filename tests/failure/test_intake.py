@@ -78,8 +78,9 @@ async def test_unreadable_and_unmovable_inputs_never_stop_intake(spool: Path) ->
     os.chown(unreadable, 65534, 65534)
     unreadable.chmod(0o600)
     process = await launch(daemon_env(spool), prefix=NO_DAC)
-    await wait_until(lambda: "rejected" in by_status(spool), timeout_s=60)
-    (rejected,) = by_status(spool)["rejected"]
+    seen: dict[str, list[dict[str, object]]] = {}
+    await wait_until(lambda: "rejected" in seen or bool(seen.update(by_status(spool))), timeout_s=60)
+    (rejected,) = seen["rejected"]
     assert "cannot be read" in json.dumps(rejected["problems"]) and "Permission denied" in json.dumps(rejected)
     os.chown(inbox, 65534, 65534)
     inbox.chmod(0o1777)  # sticky and someone else's: only a file's owner may move it
