@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.spool.files import atomic_write_bytes, fsync_dir
-from daemon.spool.names import is_candidate
+from daemon.spool.names import is_candidate, printable
 
 if TYPE_CHECKING:
     from daemon.logs import LogSetup
@@ -184,7 +184,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned submit SPEC`: write a hidden temp file in the inbox, fsync, rename into place."""
     source: Path = args.spec
     if not source.is_file():
-        print(f"finetuned: {source}: no such file", file=sys.stderr)
+        print(f"finetuned: {printable(str(source))}: no such file", file=sys.stderr)
         return 1
     settings.inbox.mkdir(parents=True, exist_ok=True)
     target = settings.inbox / source.name
@@ -198,7 +198,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         os.fsync(fh.fileno())
     os.rename(tmp, target)
     fsync_dir(settings.inbox)
-    print(f"submitted {source} as {target}")
+    print(f"submitted {printable(str(source))} as {printable(str(target))}")
     return 0
 
 
