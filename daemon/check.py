@@ -10,6 +10,7 @@ from daemon.config import Settings
 from daemon.errors import DatasetError, SpecError, TransientError
 from daemon.remote import hosts
 from daemon.spec import JobSpec, parse_spec
+from daemon.spool.names import printable
 from handlers.dataset.stats import TOKEN_ESTIMATE
 from handlers.prepare import prepare_dataset
 from handlers.validate import FileReport, validate_file
@@ -20,7 +21,10 @@ def check_spec(path: Path, settings: Settings, out: TextIO) -> int:
     spec = _load_spec(path, settings, out)
     if spec is None:
         return 1
-    out.write(f"spec {path}: ok (job name {spec.name!r}, format {spec.dataset.format}, source {spec.dataset.source})\n")
+    dataset = spec.dataset
+    out.write(
+        f"spec {printable(str(path))}: ok (job name {spec.name!r}, format {dataset.format}, source {dataset.source})\n"
+    )
     refused = hosts.endpoint_problems(spec.evaluate.endpoints if spec.evaluate else {}, settings)
     if refused:
         out.writelines(f"endpoint: {problem}\n" for problem in refused)
@@ -43,16 +47,17 @@ def check_spec(path: Path, settings: Settings, out: TextIO) -> int:
 
 
 def _load_spec(path: Path, settings: Settings, out: TextIO) -> JobSpec | None:
+    shown = printable(str(path))  # a name that is not UTF-8 is shown escaped, not a UnicodeEncodeError
     try:
         size = path.stat().st_size
         if size > settings.max_spec_bytes:
-            out.write(f"spec {path}: {size} bytes, over the {settings.max_spec_bytes} byte limit\n")
+            out.write(f"spec {shown}: {size} bytes, over the {settings.max_spec_bytes} byte limit\n")
             return None
-        return parse_spec(path.read_bytes(), filename=path.name)
+        return parse_spec(path.read_bytes(), filename=printable(path.name))
     except OSError as exc:
-        out.write(f"spec {path}: cannot be read: {exc.strerror}\n")
+        out.write(f"spec {shown}: cannot be read: {exc.strerror}\n")
     except SpecError as exc:
-        out.write(f"spec {path}: {len(exc.problems)} problem(s)\n")
+        out.write(f"spec {shown}: {len(exc.problems)} problem(s)\n")
         out.writelines(f"  {problem}\n" for problem in exc.problems)
     return None
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.spool.files import atomic_write_bytes, fsync_dir
-from daemon.spool.names import is_candidate
+from daemon.spool.names import is_candidate, printable
 
 if TYPE_CHECKING:
     from daemon.logs import LogSetup
@@ -148,8 +148,20 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
     return commands[args.command](args, settings)
 
 
+def _stop_during_startup(_signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT before the daemon's own handlers are installed: nothing has started, so leave cleanly."""
+    raise SystemExit(0)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned run`: the daemon."""
+    import signal
+
+    # Until the service installs its handlers: a stop request exits 0, a SIGHUP (a closed terminal, a reload
+    # request) is ignored; settings are read once at start, so a reload means a restart.
+    signal.signal(signal.SIGTERM, _stop_during_startup)
+    signal.signal(signal.SIGINT, _stop_during_startup)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import asyncio
 
     from daemon import logs
@@ -201,7 +213,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     """`finetuned submit SPEC`: write a hidden temp file in the inbox, fsync, rename into place."""
     source: Path = args.spec
     if not source.is_file():
-        print(f"finetuned: {source}: no such file", file=sys.stderr)
+        print(f"finetuned: {printable(str(source))}: no such file", file=sys.stderr)
         return 1
     settings.inbox.mkdir(parents=True, exist_ok=True)
     target = settings.inbox / source.name
@@ -215,7 +227,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         os.fsync(fh.fileno())
     os.rename(tmp, target)
     fsync_dir(settings.inbox)
-    print(f"submitted {source} as {target}")
+    print(f"submitted {printable(str(source))} as {printable(str(target))}")
     return 0
 
 
@@ -251,9 +263,11 @@ def read_statuses(outbox: Path) -> list[dict[str, Any]]:
     documents = []
     for path in sorted(outbox.glob("*/status.json")):
         try:
-            documents.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError):
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
+        if isinstance(document, dict):  # anything else was not written by finetuned
+            documents.append(document)
     return sorted(documents, key=lambda d: str(d.get("created_at") or ""))
 
 
@@ -345,5 +359,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from daemon import logs
     from daemon.sandbox.__main__ import serve
 
+    if not 0 <= args.port <= 65535:
+        raise StartupError(f"--port {args.port}: a TCP port is 0 to 65535")
     logs.configure("info")
-    return serve(args)
+    try:
+        return serve(args)
+    except OSError as exc:
+        raise StartupError(f"cannot serve the sandbox on {args.host}:{args.port}: {exc.strerror or exc}") from exc

@@ -23,6 +23,7 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_RECONCILE_INTERVAL_S": "reconcile_interval_s",
     "FINETUNED_SETTLE_S": "settle_s",
     "FINETUNED_MAX_SPEC_BYTES": "max_spec_bytes",
+    "FINETUNED_MIN_FREE_BYTES": "min_free_bytes",
     "FINETUNED_SHUTDOWN_GRACE_S": "shutdown_grace_s",
     "FINETUNED_POLL_MIN_S": "poll_min_s",
     "FINETUNED_POLL_MAX_S": "poll_max_s",
@@ -63,6 +64,8 @@ class Settings:
     reconcile_interval_s: float = 60.0
     settle_s: float = 5.0
     max_spec_bytes: int = 1024 * 1024
+    # Below this much free space on the outbox's or the state folder's filesystem, writing work waits (disk full).
+    min_free_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 20.0
     poll_min_s: float = 30.0
     poll_max_s: float = 600.0
@@ -91,6 +94,11 @@ class Settings:
     # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env): every
     # *_API_KEY / *_KEY / *_TOKEN / *_SECRET variable of the environment, held here so nothing else reads os.environ.
     named_secrets: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        problems = [f"{_name_of(f)}={getattr(self, f)!r}: {why}" for f, why in _problems(self)]
+        if problems:
+            raise StartupError("invalid settings: " + "; ".join(problems))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
@@ -145,6 +153,40 @@ class Settings:
         return list(dict.fromkeys(s for s in (self.together_api_key, *self.named_secrets.values()) if s))
 
 
+# Settings that must be positive (a zero would stall the daemon or spin it), and those that may be zero.
+_POSITIVE = (
+    "max_concurrent_jobs",
+    "max_step_attempts",
+    "retry_attempts",
+    "max_spec_bytes",
+    "reconcile_interval_s",
+    "poll_min_s",
+    "poll_max_s",
+    "pause_probe_s",
+    "request_timeout_s",
+)
+_NOT_NEGATIVE = ("settle_s", "shutdown_grace_s", "retry_base_s", "retry_cap_s", "retry_max_s", "min_free_bytes")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _problems(settings: Settings) -> list[tuple[str, str]]:
+    """(field, why) for every value a daemon cannot work with."""
+    found = [(f, "must be greater than 0") for f in _POSITIVE if getattr(settings, f) <= 0]
+    found += [(f, "must not be negative") for f in _NOT_NEGATIVE if getattr(settings, f) < 0]
+    if settings.poll_max_s < settings.poll_min_s:
+        found.append(("poll_max_s", f"must be at least FINETUNED_POLL_MIN_S ({settings.poll_min_s})"))
+    if not 0 <= settings.status_port <= 65535:
+        found.append(("status_port", "must be a TCP port, 0 to 65535 (0: no status server)"))
+    if settings.log_level.lower() not in LOG_LEVELS:
+        found.append(("log_level", f"must be one of {', '.join(LOG_LEVELS)}"))
+    return found
+
+
+def _name_of(field: str) -> str:
+    """The environment variable that sets a field (or the field's name)."""
+    return next((var for var, f in USER_VARIABLES.items() if f == field), field)
+
+
 def _credential(directory: str | None, name: str) -> str | None:
     """A systemd credential (LoadCredential=): the safe way to hand a service a secret."""
     if not directory:
@@ -170,6 +212,7 @@ def _convert(var: str, field: str, raw: str) -> object:
         "max_step_attempts": int,
         "retry_attempts": int,
         "max_spec_bytes": int,
+        "min_free_bytes": int,
         "status_port": int,
         "watchdog_usec": int,
         "allow_link_local": _flag,

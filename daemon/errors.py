@@ -78,6 +78,10 @@ class AttemptsExhausted(FinetunedError):
     """A step was started too many times without finishing (the process died while it ran, every time)."""
 
 
+class DiskFull(FinetunedError):
+    """A write failed for lack of space: the work waits for space and resumes; it is nobody's failure."""
+
+
 class JobCancelled(FinetunedError):
     """The user asked for this job to be cancelled (`finetuned cancel`)."""
 

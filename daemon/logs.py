@@ -8,6 +8,7 @@ to whoever needs them (the runner opens job logs, the Together adapter redacts e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -71,7 +72,8 @@ class JobLogs:
         """Stop teeing and close the file."""
         fh = self._files.pop(job_id, None)
         if fh is not None:
-            await asyncio.to_thread(fh.close)
+            with contextlib.suppress(OSError):  # the last line did not fit on a full disk: logging never fails a job
+                await asyncio.to_thread(fh.close)
 
     def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
         """structlog processor: tee the event (already redacted) to its job's file."""

@@ -21,6 +21,7 @@ import watchfiles
 
 from daemon.config import Settings
 from daemon.errors import StartupError
+from daemon.jobs.consistency import check_matches_outbox
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
@@ -38,6 +39,8 @@ log = structlog.get_logger()
 # EXIT_PAUSED; the paused jobs resume at the next run.
 ONCE_PAUSE_PROBES = 5
 EXIT_PAUSED = 3
+# After the watcher fails, wait this long before watching again (the reconcile timer and the wake cover the gap).
+WATCH_RESTART_S = 0.5
 
 
 @contextlib.contextmanager
@@ -66,7 +69,16 @@ def single_instance(lock_path: Path) -> Any:
 def prepare_dirs(settings: Settings) -> None:
     """Create the spool folders and check that claiming (a rename) works between them."""
     for folder in (settings.inbox, settings.outbox, settings.jobs_dir, settings.cancel_dir, settings.retry_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".finetuned-write-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot use {folder} ({exc.strerror or exc}): the inbox, outbox and state folder must be "
+                "folders this user can write (set --inbox/--outbox/--state-dir or FINETUNED_*)"
+            ) from exc
     inbox.check_same_filesystem(settings)
 
 
@@ -103,10 +115,12 @@ class Service:
 
     async def run(self) -> int:
         """Run until stopped (or, with once, until idle); returns the exit code."""
+        self._install_signals()  # a stop during start-up finishes the start-up, then stops cleanly
         prepare_dirs(self.settings)
         with single_instance(self.settings.lock_path):
             store = await StateStore.open(self.settings.db_path)
             try:
+                await check_matches_outbox(store, self.settings.outbox, self.settings.db_path)
                 return await self._serve(store)
             finally:
                 await store.close()
@@ -122,7 +136,6 @@ class Service:
             on_change=self._changed,
         )
         intake = Intake(self.settings, self.runner)
-        self._install_signals()
         if self.remote is not None:  # endpoints of ended jobs whose cleanup did not finish (handlers/serving.py)
             await sweep_endpoints(store, self.remote, timeout_s=3 * self.settings.request_timeout_s)
         resumed = await intake.recover()
@@ -145,7 +158,13 @@ class Service:
         from daemon.status_server import StatusServer  # imports aiohttp.web; only a running daemon needs it
 
         server = StatusServer(self.settings, self.runner, self.gate)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve status on {self.settings.status_host}:{self.settings.status_port} "
+                f"({exc.strerror or exc}): choose another FINETUNED_STATUS_PORT (0: none)"
+            ) from exc
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(self._watch(), name="watcher")
             watchdog = tasks.create_task(self._watchdog(), name="watchdog")
@@ -187,26 +206,36 @@ class Service:
             await asyncio.gather(stop, wake, return_exceptions=True)
 
     async def _watch(self) -> None:
-        """watchfiles as a wake-up hint only; restarted when the inbox folder is replaced (which silences inotify)."""
-        watched = [self.settings.inbox, self.settings.cancel_dir, self.settings.retry_dir]
+        """watchfiles as a wake-up hint only; restarted when the inbox folder is replaced (which silences inotify) or
+        when it fails (it raises on a file name that is not UTF-8): the scan, which reads names as bytes, is the truth.
+        """
         while not self.stop.is_set():
-            for folder in watched:
-                folder.mkdir(parents=True, exist_ok=True)
-            inode = self.settings.inbox.stat().st_ino
-            async for _changes in watchfiles.awatch(
-                *watched,
-                watch_filter=None,
-                recursive=False,
-                debounce=200,
-                step=20,
-                stop_event=self.stop,
-                rust_timeout=int(self.settings.reconcile_interval_s * 1000 / 2) or 1000,
-                yield_on_timeout=True,
-            ):
+            try:
+                await self._watch_until_replaced()
+            except Exception as exc:  # noqa: BLE001 - a hint source failing costs latency, never the daemon
+                log.warning("watcher_failed", error=f"{type(exc).__name__}: {exc}"[:300], restart_in_s=WATCH_RESTART_S)
                 self.wake.set()
-                if not _same_inode(self.settings.inbox, inode):
-                    log.warning("inbox_replaced", inbox=str(self.settings.inbox))
-                    break
+                await asyncio.sleep(WATCH_RESTART_S)
+
+    async def _watch_until_replaced(self) -> None:
+        watched = [self.settings.inbox, self.settings.cancel_dir, self.settings.retry_dir]
+        for folder in watched:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        inode = self.settings.inbox.stat().st_ino
+        async for _changes in watchfiles.awatch(
+            *watched,
+            watch_filter=None,
+            recursive=False,
+            debounce=200,
+            step=20,
+            stop_event=self.stop,
+            rust_timeout=int(self.settings.reconcile_interval_s * 1000 / 2) or 1000,
+            yield_on_timeout=True,
+        ):
+            self.wake.set()
+            if not _same_inode(self.settings.inbox, inode):
+                log.warning("inbox_replaced", inbox=str(self.settings.inbox))
+                return
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself, every half WatchdogSec, while the intake loop keeps ticking."""
@@ -230,6 +259,8 @@ class Service:
 
     def _status_line(self) -> str:
         paused = "" if self.gate.is_open else f"; remote work paused: {self.gate.reason}"
+        if self.runner.space.is_full:
+            paused += "; disk full: claims and writing paused until space returns"
         return f"{self.runner.active_jobs} job(s) active{paused}"
 
     def _changed(self) -> None:
@@ -239,6 +270,13 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        # The inbox asks for a read lease to tell whether a spec is still open for writing; a writer opening the
+        # file during those microseconds would signal SIGIO (default: terminate). Nothing here uses SIGIO.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+
+    def _on_hangup(self) -> None:
+        log.info("sighup_ignored", note="settings are read once at start: restart the daemon to apply changes")
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -247,7 +285,8 @@ class Service:
             self.stop.set()
             return
         log.warning("shutdown_forced", signal=sig.name)
-        self.runner.interrupt_all()
+        if self._runner is not None:
+            self.runner.interrupt_all()
 
 
 def _same_inode(path: Path, inode: int) -> bool:

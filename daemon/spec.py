@@ -16,6 +16,12 @@ COOKBOOK_SYSTEM_PROMPT = "Read the story and extract answers for the questions.\
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
+# Bounds on a YAML document, checked on the parser's events before anything is built (an alias bomb is rejected
+# without being expanded): aliases written, nesting depth, and nodes counted as if every alias were expanded.
+MAX_YAML_ALIASES = 100
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 20_000
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -272,7 +278,10 @@ def _load(text: str, filename: str) -> tuple[Any, dict[tuple[str, ...], int]]:
             return json.loads(text), {}
         except json.JSONDecodeError as exc:
             raise SpecError([f"{filename}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"]) from exc
+        except RecursionError as exc:
+            raise SpecError([f"{filename}: invalid JSON: nested too deeply"]) from exc
     try:
+        _check_bounds(text, filename)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         return yaml.safe_load(text), _line_index(node)
     except yaml.MarkedYAMLError as exc:
@@ -283,19 +292,61 @@ def _load(text: str, filename: str) -> tuple[Any, dict[tuple[str, ...], int]]:
         raise SpecError([f"{filename}: invalid YAML: {exc}"]) from exc
 
 
-def _line_index(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map every key path in a YAML document to its 1-based line, so errors can point at the line."""
+def _check_bounds(text: str, filename: str) -> None:
+    """Walk the parser's events (which never expand aliases) and refuse a document over the bounds."""
+    aliases = 0
+    sizes: dict[str, int] = {}  # anchor -> nodes under it, aliases expanded
+    stack: list[list[Any]] = [[0, None]]  # open collections: [nodes so far, anchor]
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append([1, event.anchor])
+            if len(stack) - 1 > MAX_YAML_DEPTH:
+                _out_of_bounds(filename, event, f"nesting deeper than {MAX_YAML_DEPTH} levels")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            count, anchor = stack.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                _out_of_bounds(filename, event, f"more than {MAX_YAML_ALIASES} aliases")
+            count, anchor = sizes.get(str(event.anchor), 1), None
+        elif isinstance(event, yaml.ScalarEvent):
+            count, anchor = 1, event.anchor
+        else:
+            continue
+        if anchor is not None:
+            sizes[str(anchor)] = count
+        stack[-1][0] += count
+        if stack[-1][0] > MAX_YAML_NODES:
+            _out_of_bounds(filename, event, f"more than {MAX_YAML_NODES:,} values once its aliases are expanded")
+
+
+def _out_of_bounds(filename: str, event: yaml.Event, why: str) -> None:
+    line = event.start_mark.line + 1 if event.start_mark is not None else "?"
+    raise SpecError([f"{filename}: line {line}: refused: the YAML document has {why} (an alias bomb or not a spec)"])
+
+
+def _line_index(node: yaml.Node | None) -> dict[tuple[str, ...], int]:
+    """Map every key path in a YAML document to its 1-based line, so errors can point at the line.
+
+    Iterative, and each node is indexed once (an alias is not followed again), so its size is the document's."""
     index: dict[tuple[str, ...], int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            sub = (*path, str(key.value))
-            index[sub] = key.start_mark.line + 1
-            index.update(_line_index(value, sub))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            sub = (*path, str(i))
-            index[sub] = item.start_mark.line + 1
-            index.update(_line_index(item, sub))
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node | None, tuple[str, ...]]] = [(node, ())]
+    while todo:
+        current, path = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        children: list[tuple[yaml.Node, yaml.Node]] = []
+        if isinstance(current, yaml.MappingNode):
+            children = [(key, value) for key, value in current.value]
+        elif isinstance(current, yaml.SequenceNode):
+            children = [(item, item) for item in current.value]
+        for i, (marker, child) in enumerate(children):
+            sub = (*path, str(marker.value) if marker is not child else str(i))
+            index.setdefault(sub, marker.start_mark.line + 1)
+            todo.append((child, sub))
     return index
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from daemon.errors import BadInput, FinetunedError, Paused, RemoteRejected, TransientError
+from daemon.errors import BadInput, FinetunedError, RemoteRejected, TransientError
 from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
 from daemon.remote.api import FineTuneAPI, FineTuneRequest, PriceEstimate, RemoteJob
@@ -48,7 +48,10 @@ def check_price(estimate: PriceEstimate, spec: FinetuneSpec) -> None:
     if estimate.allowed_to_proceed is False:
         limit = usd(estimate.user_limit_usd) if estimate.user_limit_usd is not None else "the account's limit"
         price = usd(estimate.total_usd or 0.0)
-        raise Paused(f"Together says the account cannot pay for this job: estimated {price} exceeds {limit}")
+        # This job's refusal, not the account's: a smaller job may proceed, so nothing else is paused.
+        raise RemoteRejected(
+            f"Together refuses this job: its estimated {price} exceeds {limit}; no fine-tune job was created"
+        )
     if spec.max_price_usd is None:
         return
     if not estimate.available or estimate.total_usd is None:
@@ -155,15 +158,23 @@ def _create_once(remote: FineTuneAPI, request: FineTuneRequest, tag: str) -> Cal
 
 
 async def cleanup(ctx: JobContext, outcome: str) -> None:
-    """When the job was cancelled, cancel its fine-tune on Together too (unless it had already completed)."""
+    """When the job was cancelled or failed, cancel its fine-tune on Together too (unless it had already completed):
+    nothing is billed for a job that ended; if the cancel fails, the log says plainly that it may still run."""
     fine_tune_id = ctx.journal.get(JournalKey.FINE_TUNE_ID)
-    if outcome != "cancelled" or not fine_tune_id or ctx.journal.get(JournalKey.MODEL) or ctx.remote is None:
+    if outcome not in {"cancelled", "failed"} or not fine_tune_id or ctx.journal.get(JournalKey.MODEL):
+        return
+    if ctx.remote is None:
         return
     try:
         await ctx.remote.cancel(fine_tune_id)
-        log.info("remote_job_cancelled", fine_tune_id=fine_tune_id)
+        log.info("remote_job_cancelled", fine_tune_id=fine_tune_id, outcome=outcome)
     except FinetunedError as exc:
-        log.error("remote_cancel_failed", fine_tune_id=fine_tune_id, error=str(exc))
+        log.error(
+            "remote_cancel_failed",
+            fine_tune_id=fine_tune_id,
+            error=str(exc),
+            note=f"the fine-tune may still run and be billed: cancel {fine_tune_id} on Together",
+        )
 
 
 async def estimate(ctx: JobContext, spec: FinetuneSpec, upload: dict[str, Any]) -> PriceEstimate:

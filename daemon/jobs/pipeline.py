@@ -42,10 +42,10 @@ STEPS: tuple[Step, ...] = (
     Step("validate", validate.run, _always),
     Step("upload", upload.run, _uploads, remote=True, needs_together=True),
     Step("create", create.run, _finetunes, remote=True, needs_together=True, cleanup=create.cleanup),
-    Step("poll", poll.run, _finetunes, remote=True, needs_together=True),
-    Step("serve", serve.run, _serves, remote=True, needs_together=True, cleanup=serve.cleanup),
+    Step("poll", poll.run, _finetunes, remote=True, needs_together=True, waits=True),
+    Step("serve", serve.run, _serves, remote=True, needs_together=True, cleanup=serve.cleanup, waits=True),
     Step("evaluate", evaluate.run, _evaluates, remote=True),
     Step("release", serve.release, _serves, remote=True, needs_together=True),
-    Step("sweep", sweep.run, _sweeps, remote=True, needs_together=True, cleanup=sweep.cleanup),
+    Step("sweep", sweep.run, _sweeps, remote=True, needs_together=True, cleanup=sweep.cleanup, waits=True),
     Step("report", report.run, _reports),
 )

@@ -7,10 +7,9 @@ the status server reads through it, and handlers get capabilities through JobCon
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from daemon.config import Settings
 from daemon.errors import (
     AttemptsExhausted,
     BadInput,
+    DiskFull,
     EvaluationIncomplete,
     JobCancelled,
     Paused,
@@ -29,35 +29,29 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.jobs.capabilities import StoreItems, StoreJournal
-from daemon.jobs.context import JobContext, StepInputs, StepOutput, remote_ids
+from daemon.jobs.context import JobContext, StepInputs, StepOutput
 from daemon.jobs.faults import crash_point
+from daemon.jobs.publishing import LiveJob, Publisher
 from daemon.jobs.state import TERMINAL, JobStatus, StateStore
-from daemon.jobs.status import JobListener, error_info, iso, status_document
+from daemon.jobs.status import JobListener, error_info, iso
 from daemon.jobs.steps import Step, steps_for
 from daemon.logs import JobLogs
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
 from daemon.spec import JobSpec, parse_spec
 from daemon.spool import outbox
+from daemon.spool.names import printable
+from daemon.spool.space import DiskSpace, is_disk_full
 
 log = structlog.get_logger()
 
-PROGRESS_WRITE_INTERVAL_S = 1.0
+# How often a full disk is looked at again (at most; the remote pause probe interval if shorter).
+DISK_PROBE_S = 2.0
 # The errors a job ends `failed` with, recorded with their message (any other exception is a crash: traceback too).
 JOB_FAILURES = (BadInput, RemoteRejected, RemoteJobFailed, TransientError, Paused, EvaluationIncomplete)
 
 
-@dataclass
-class LiveJob:
-    """What the runner knows about a job in memory: its task, its current step's progress, a cancel request."""
-
-    task: asyncio.Task[None]
-    progress: dict[str, Any] = field(default_factory=dict)
-    cancel_requested: bool = False
-    last_write: float = 0.0
-
-
-class Runner:
+class Runner(Publisher):
     """Admits, starts, resumes, cancels and bounds jobs; publishes their status; answers readers."""
 
     def __init__(
@@ -76,47 +70,34 @@ class Runner:
         self._steps, self._job_logs = steps, job_logs
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._live: dict[str, LiveJob] = {}
-        self._on_change, self._listeners = on_change, tuple(listeners)
-
-    # -- what readers (the service, the status server) may know -----------------------------------------------
-    @property
-    def busy(self) -> bool:
-        """True while any job task is alive."""
-        return bool(self._live)
-
-    @property
-    def active_jobs(self) -> int:
-        """Jobs with a running task."""
-        return len(self._live)
-
-    async def document(self, job_id: str) -> dict[str, Any] | None:
-        """One job's status document (as in its status.json), or None for an unknown job."""
-        record = await self._store.job(job_id)
-        if record is None:
-            return None
-        return status_document(record, self._progress_of(job_id), self._gate.reason)
-
-    async def documents(self) -> list[dict[str, Any]]:
-        """Every job's status document, oldest first."""
-        found = [await self.document(job_id) for job_id in await self._store.job_ids()]
-        return [d for d in found if d is not None]
-
-    async def counts(self) -> Counter[str]:
-        """How many jobs are in each status."""
-        return Counter(str(d["status"]) for d in await self.documents())
-
-    async def known(self, job_id: str) -> bool:
-        """True if a job (or a rejected input) with this id exists."""
-        return await self._store.job(job_id) is not None
+        self._on_change = on_change
+        self._listeners = tuple(listeners)
+        self.space = DiskSpace(
+            (settings.outbox, settings.state_dir), settings.min_free_bytes, min(DISK_PROBE_S, settings.pause_probe_s)
+        )
 
     # -- admissions (intake decides, the runner writes) --------------------------------------------------------
     async def admit(self, job_id: str, name: str, claimed: Path) -> None:
         """Record a claimed spec (`claimed`: its absolute path) as a job, publish its outbox folder, and start it."""
         await self._store.add_job(job_id, name, str(claimed))
-        initial = {"job_id": job_id, "name": name, "status": str(JobStatus.queued), "created_at": iso(time.time())}
-        await asyncio.to_thread(outbox.create_job_folder, self.settings.outbox, job_id, claimed, initial)
-        await self.publish(job_id)
+        try:
+            await self._ensure_folder(job_id)
+            await self.publish(job_id)
+        except (OSError, DiskFull) as exc:
+            if not is_disk_full(exc):
+                raise
+            self.space.found_full(str(exc))  # the job waits for space and makes its folder itself
         self.start(job_id)
+
+    async def _ensure_folder(self, job_id: str) -> None:
+        """Publish the job's outbox folder (a copy of its spec and status.json) unless it exists."""
+        if await asyncio.to_thread(outbox.job_dir(self.settings.outbox, job_id).is_dir):
+            return
+        record = await self._store.job(job_id)
+        assert record is not None
+        initial = {"job_id": job_id, "name": record.name, "status": str(record.status), "created_at": iso(time.time())}
+        spec = Path(record.spec_file)
+        await asyncio.to_thread(outbox.create_job_folder, self.settings.outbox, job_id, spec, initial)
 
     async def reject(self, job_id: str, name: str, path: Path, problems: list[str]) -> None:
         """Move a rejected input into its own outbox folder with a status.json naming its problems."""
@@ -125,7 +106,7 @@ class Runner:
             "job_id": job_id,
             "name": name,
             "status": str(JobStatus.rejected),
-            "file": path.name,
+            "file": printable(path.name),
             "created_at": iso(time.time()),
             "error": error | {"problems": problems},
             "problems": problems,
@@ -206,11 +187,35 @@ class Runner:
     async def _run_job(self, job_id: str) -> None:
         async with self._slots:
             with bound_contextvars(job_id=job_id):
-                await self._job_logs.open(job_id, outbox.job_dir(self.settings.outbox, job_id) / outbox.LOG_FILE)
-                try:
-                    await self._job_boundary(job_id)
-                finally:
-                    await asyncio.shield(self._job_logs.close(job_id))
+                while True:
+                    try:
+                        await self._run_job_once(job_id)
+                        return
+                    except DiskFull as exc:
+                        # Nothing was recorded as failed: wait for space, then resume from the last checkpoint.
+                        self.space.found_full(str(exc.__cause__ or exc))
+                        await self._publish_quietly(job_id)
+                        await self.space.wait()
+
+    async def _run_job_once(self, job_id: str) -> None:
+        try:
+            await self._ensure_folder(job_id)
+            await self._job_logs.open(job_id, outbox.job_dir(self.settings.outbox, job_id) / outbox.LOG_FILE)
+        except (OSError, sqlite3.Error) as exc:
+            _raise_if_disk_full(exc)
+            raise
+        try:
+            await self._job_boundary(job_id)
+        finally:
+            await asyncio.shield(self._job_logs.close(job_id))
+
+    async def _publish_quietly(self, job_id: str) -> None:
+        """Try to show the wait in status.json (it may not fit either)."""
+        try:
+            await self.publish(job_id)
+        except (OSError, sqlite3.Error) as exc:
+            if not is_disk_full(exc):
+                raise
 
     async def _job_boundary(self, job_id: str) -> None:
         """The one place a job's failure is caught: it is recorded, and no other job is affected."""
@@ -232,9 +237,11 @@ class Runner:
         except JobCancelled:
             status = JobStatus.cancelled
         except (*JOB_FAILURES, AttemptsExhausted) as exc:
+            _raise_if_disk_full(exc)
             status, error = JobStatus.failed, error_info(exc, await self._current_step(job_id))
             log.error("job_failed", error_type=type(exc).__name__, error=str(exc)[:2000])
         except Exception as exc:  # noqa: BLE001 - the per-job boundary: record it, keep the daemon and other jobs going
+            _raise_if_disk_full(exc)
             log.exception("job_crashed")
             status, error = JobStatus.failed, error_info(exc, await self._current_step(job_id))
         finally:
@@ -296,7 +303,7 @@ class Runner:
         while True:
             if step.remote:
                 await self._wait_gate(ctx.job_id)
-            attempt = await self._store.begin_step(ctx.job_id, step.name)
+            attempt = await self._store.begin_step(ctx.job_id, step.name, count=not step.waits)
             if attempt > self.settings.max_step_attempts:
                 raise AttemptsExhausted(
                     f"step {step.name} was started {attempt - 1} times without finishing "
@@ -329,11 +336,22 @@ class Runner:
             except asyncio.CancelledError:
                 await asyncio.shield(self._store.refund_attempt(ctx.job_id, step.name))
                 raise
-            except Exception:
+            except Exception as exc:
+                if is_disk_full(exc):
+                    await self._refund_quietly(ctx.job_id, step.name)
+                    raise DiskFull(str(exc)) from exc
                 await asyncio.shield(self._store.fail_step(ctx.job_id, step.name))
                 raise
             log.info("step_finished", attempt=attempt, duration_s=round(time.monotonic() - started, 3))
             return output
+
+    async def _refund_quietly(self, job_id: str, step: str) -> None:
+        """A full disk is not the step's failure: take its attempt back if the database still takes writes."""
+        try:
+            await asyncio.shield(self._store.refund_attempt(job_id, step))
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
 
     async def _wait_gate(self, job_id: str) -> None:
         if self._gate.is_open:
@@ -343,58 +361,10 @@ class Runner:
         await self._gate.wait_open()
         await self._store.set_status(job_id, JobStatus.running)
 
-    # -- status -----------------------------------------------------------------------------------------------
-    async def _progress(self, job_id: str, fields: dict[str, Any]) -> None:
-        live = self._live.get(job_id)
-        if live is None:
-            return
-        live.progress = dict(fields)
-        now = time.monotonic()
-        if now - live.last_write >= PROGRESS_WRITE_INTERVAL_S:
-            live.last_write = now
-            await self.publish(job_id)
 
-    def _progress_of(self, job_id: str) -> dict[str, Any]:
-        live = self._live.get(job_id)
-        return live.progress if live is not None else {}
-
-    async def publish(self, job_id: str) -> None:
-        """Rewrite the job's status.json from the state store (atomically)."""
-        document = await self.document(job_id)
-        if document is None:
-            return
-        await asyncio.to_thread(outbox.write_status, self.settings.outbox, job_id, document)
-        self._on_change()
-        await self._tell(document, final=False)
-
-    async def _tell(self, document: dict[str, Any], *, final: bool) -> None:
-        for listener in self._listeners:
-            await listener.job_published(document, final=final)
-
-    async def _finish(
-        self, job_id: str, status: JobStatus, error: dict[str, Any] | None, duration_s: float | None = None
-    ) -> None:
-        await self._store.set_status(job_id, status, error=error)
-        self._progress_of(job_id).clear()
-        await self.publish(job_id)
-        final = await self.document(job_id)
-        if final is not None:
-            await self._tell(final, final=True)
-        record = await self._store.job(job_id)
-        log.info(
-            "job_finished",
-            job_id=job_id,
-            status=str(status),
-            duration_s=round(duration_s, 3) if duration_s is not None else None,
-            steps={
-                n: round(s.finished_at - s.started_at, 3)
-                for n, s in (record.steps.items() if record else ())
-                if s.finished_at is not None and s.started_at is not None
-            },
-            remote=remote_ids(record.journal) if record else {},
-            error_type=error["type"] if error else None,
-        )
-
-    async def _current_step(self, job_id: str) -> str | None:
-        record = await self._store.job(job_id)
-        return record.step if record else None
+def _raise_if_disk_full(exc: BaseException) -> None:
+    """A full disk is not the job's failure: raise DiskFull (the job waits for space) instead of recording one."""
+    if isinstance(exc, DiskFull):
+        raise exc
+    if is_disk_full(exc):
+        raise DiskFull(str(exc)) from exc

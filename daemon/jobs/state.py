@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from daemon.errors import StartupError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -128,10 +131,19 @@ class StateStore:
     async def open(cls, path: Path) -> StateStore:
         """Open (creating if needed) the database with WAL and full fsync."""
         db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(SCHEMA)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.executescript(SCHEMA)
+            await db.execute_fetchall("SELECT job_id, status FROM jobs LIMIT 1")
+        except sqlite3.DatabaseError as exc:
+            await db.close()  # else its thread keeps the process from exiting
+            raise StartupError(
+                f"the state database {path} cannot be read ({exc}): it is damaged or not a finetuned database. "
+                "Restore it from a backup, or move it aside together with the outbox and state/jobs/ folders to "
+                "start afresh (finished jobs would otherwise run again)"
+            ) from exc
         return cls(db)
 
     async def close(self) -> None:
@@ -160,17 +172,18 @@ class StateStore:
                 (StepStatus.failed, time.time(), job_id, StepStatus.running),
             )
 
-    async def begin_step(self, job_id: str, step: str) -> int:
-        """Count an attempt of `step` *before* it runs; returns the attempt number."""
+    async def begin_step(self, job_id: str, step: str, *, count: bool = True) -> int:
+        """Count an attempt of `step` *before* it runs (without `count`, only the first start counts); returns the
+        attempt number."""
         now = time.time()
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 await self._db.execute(
                     "INSERT INTO steps (job_id, step, status, attempts, started_at) VALUES (?,?,?,1,?) "
-                    "ON CONFLICT(job_id, step) DO UPDATE SET attempts=attempts+1, status=excluded.status, "
+                    "ON CONFLICT(job_id, step) DO UPDATE SET attempts=MAX(attempts+?, 1), status=excluded.status, "
                     "started_at=excluded.started_at, finished_at=NULL",
-                    (job_id, step, StepStatus.running, now),
+                    (job_id, step, StepStatus.running, now, 1 if count else 0),
                 )
                 await self._db.execute("UPDATE jobs SET step=?, updated_at=? WHERE job_id=?", (step, now, job_id))
                 rows = list(

@@ -25,6 +25,9 @@ class Step:
     applies: Callable[[JobSpec], bool]
     remote: bool = False  # talks to a remote API: waits at the remote gate while remote work is paused
     needs_together: bool = False  # cannot run without Together credentials (or the sandbox)
+    # Only waits on the remote and resumes from the journal: a restart that interrupts it spends no attempt (a
+    # reboot during hours of polling is not the step failing); its own errors still end the job.
+    waits: bool = False
     cleanup: Cleanup | None = None
 
 

@@ -48,6 +48,11 @@ class Backoff:
             delay = max(delay, min(retry_after_s, self.max_retry_after_s))
         return delay
 
+    def server_delay(self, retry_after_s: float) -> float:
+        """The server's own wait (clamped), for a rate limit that said when to come back; the sequence does not
+        advance (the server paces us, it is not a failure to back off from)."""
+        return max(self.floor_s, min(retry_after_s, self.max_retry_after_s))
+
     def reset(self) -> None:
         """Start again from the smallest delay (after a success)."""
         self.attempt = 0
@@ -55,9 +60,9 @@ class Backoff:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long one remote call is tried: at most `attempts` tries, the delay before try n+1 drawn
-    from `uniform(0, min(cap_s, base_s * 2**(n-1)))` (at least the server's Retry-After, up to `max_retry_after_s`),
-    and no try started later than `max_total_s` after the first."""
+    """How often and how long one remote call is tried: at most `attempts` failed tries (rate limits do not count),
+    the delay after failure n drawn from `uniform(0, min(cap_s, base_s * 2**(n-1)))` (at least the server's
+    Retry-After, up to `max_retry_after_s`), and no try started later than `max_total_s` after the first."""
 
     attempts: int = 8
     base_s: float = 1.0
@@ -81,17 +86,29 @@ async def retry(
 ) -> T:
     """Await `call()` until it succeeds; retry only on `on`, within the policy's attempt and time caps.
 
-    The last error is re-raised when a cap is reached. A `retry_after_s` attribute on the error is honoured.
+    The last error is re-raised when a cap is reached. A `retry_after_s` attribute on the error is honoured; a rate
+    limit (`http_status` 429) spends no attempt: it waits as long as `max_total_s` allows.
     """
     delays = policy.backoff()
     deadline = clock() + policy.max_total_s
-    for attempt in range(1, policy.attempts + 1):
+    failures = 0
+    while True:
         try:
             return await call()
         except on as exc:
-            delay = delays.next_delay(getattr(exc, "retry_after_s", None))
-            if attempt == policy.attempts or clock() + delay > deadline:
+            delay, failures = _next_wait(exc, delays, failures)
+            if failures >= policy.attempts or clock() + delay > deadline:
                 raise
-            log.info("retrying", what=what, attempt=attempt, delay_s=round(delay, 3), error=str(exc)[:300])
+            log.info("retrying", what=what, failures=failures, delay_s=round(delay, 3), error=str(exc)[:300])
             await sleep(delay)
-    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _next_wait(exc: BaseException, delays: Backoff, failures: int) -> tuple[float, int]:
+    """(delay, failures so far): a rate limit (429) is waited out under the deadline alone, at the server's
+    Retry-After when it gives one; any other error counts as a failure and backs off."""
+    retry_after = getattr(exc, "retry_after_s", None)
+    if getattr(exc, "http_status", None) == 429:
+        if retry_after is not None and retry_after > 0:
+            return delays.server_delay(retry_after), failures
+        return delays.next_delay(), failures
+    return delays.next_delay(retry_after), failures + 1

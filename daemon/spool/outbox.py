@@ -6,16 +6,19 @@ Only the runner calls these; files inside are replaced atomically, so readers ne
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from daemon.spool.files import atomic_write_json, fsync_dir
+from daemon.spool.names import kept_name
 
 STATUS_FILE = "status.json"
 LOG_FILE = "log.jsonl"
 DUPLICATES_DIR = "duplicates"
+TEMP_FILE = re.compile(r"^\..+\.\d+\.tmp$")  # files.atomic_write_bytes' temp files
 
 
 def job_dir(outbox: Path, job_id: str) -> Path:
@@ -30,9 +33,13 @@ def create_job_folder(outbox: Path, job_id: str, spec_copy: Path, status: dict[s
         return final
     staging = outbox / f".staging-{job_id}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    shutil.copy2(spec_copy, staging / spec_copy.name)
-    atomic_write_json(staging / STATUS_FILE, status)
+    try:
+        staging.mkdir(parents=True)
+        shutil.copy2(spec_copy, staging / spec_copy.name)
+        atomic_write_json(staging / STATUS_FILE, status)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     os.rename(staging, final)
     fsync_dir(outbox)
     return final
@@ -44,13 +51,18 @@ def publish_rejected(outbox: Path, job_id: str, original: Path, status: dict[str
     if final.exists():
         return keep_duplicate(outbox, job_id, original)
     staging = outbox / f".staging-{job_id}-{os.getpid()}"
+    name = kept_name(original.name)
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    atomic_write_json(staging / STATUS_FILE, status)
-    os.rename(original, staging / original.name)  # rename, never open: links and FIFOs move as they are
+    try:
+        staging.mkdir(parents=True)
+        atomic_write_json(staging / STATUS_FILE, status)
+        os.rename(original, staging / name)  # rename, never open: links and FIFOs move as they are
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-made stays behind; the input is still in place
+        raise
     os.rename(staging, final)
     fsync_dir(outbox)
-    return final / original.name
+    return final / name
 
 
 def keep_duplicate(outbox: Path, job_id: str, original: Path) -> Path:
@@ -58,10 +70,26 @@ def keep_duplicate(outbox: Path, job_id: str, original: Path) -> Path:
     folder = job_dir(outbox, job_id) / DUPLICATES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = folder / f"{stamp}-{time.monotonic_ns() % 10**6:06d}-{original.name}"
+    target = folder / f"{stamp}-{time.monotonic_ns() % 10**6:06d}-{kept_name(original.name)}"
     os.rename(original, target)
     fsync_dir(folder)
     return target
+
+
+def remove_leftovers(outbox: Path) -> list[str]:
+    """Remove what a kill or a full disk can leave half-made: outbox folders being built (`.staging-*`) and the
+    temp files of atomic writes (`.<name>.<pid>.tmp`) in job folders; returns what was removed (at start-up only:
+    a running daemon's own writes are never touched)."""
+    removed = []
+    for staging in outbox.glob(".staging-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging.name)
+    for pattern in ("*/.*.tmp", "*/*/.*.tmp"):
+        for tmp in outbox.glob(pattern):
+            if TEMP_FILE.match(tmp.name):
+                tmp.unlink(missing_ok=True)
+                removed.append(str(tmp.relative_to(outbox)))
+    return removed
 
 
 def write_status(outbox: Path, job_id: str, status: dict[str, Any]) -> None:

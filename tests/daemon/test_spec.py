@@ -144,3 +144,29 @@ def test_sweep_needs_a_finetune_section() -> None:
     """Without a finetune section there is nothing to vary."""
     with pytest.raises(SpecError, match="sweep needs a finetune section"):
         parse_spec(b"name: sw\ndataset: {source: x}\nsweep:\n  grid: {n_epochs: [1, 2]}\n")
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> bytes:
+    """A 'billion laughs' YAML document: `levels` anchors, each listing the previous one `width` times."""
+    lines = ['a0: &a0 ["lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return ("\n".join([*lines, f"name: *a{levels}"]) + "\n").encode()
+
+
+def test_yaml_bombs_are_refused_without_expanding() -> None:
+    """An alias bomb, a deeply nested document and a deeply nested JSON file are refused in milliseconds with a
+    located reason; a document using a few aliases still parses."""
+    import time
+
+    started = time.monotonic()
+    for data, name, needle in (
+        (alias_bomb(), "bomb.yaml", "once its aliases are expanded"),
+        (b"[" * 10_000, "deep.yaml", "nesting deeper than"),
+        (b"[" * 100_000, "deep.json", "nested too deeply"),
+    ):
+        with pytest.raises(SpecError) as err:
+            parse_spec(data, name)
+        assert needle in err.value.problems[0], err.value.problems
+    assert time.monotonic() - started < 2
+    spec = parse_spec(b"name: &n ok\ndataset: {source: &s /data, config: *n}\n", "few.yaml")
+    assert spec.dataset.config == "ok"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Settings
-from daemon.errors import BadInput, Paused, RemoteRejected
+from daemon.errors import BadInput, RemoteRejected
 from daemon.jobs.context import JobContext
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle
@@ -117,13 +117,14 @@ async def test_intent_without_a_job_creates_with_the_same_tag(
     assert (await stats(sandbox.base_url))["requests"]["POST /v1/fine-tunes"] == 1
 
 
-async def test_account_limit_pauses_and_evals_need_a_validation_file(
+async def test_account_limit_refuses_the_job_and_evals_need_a_validation_file(
     tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
 ) -> None:
-    """allowed_to_proceed=false pauses remote work; n_evals without a validation file is a spec problem."""
+    """allowed_to_proceed=false refuses this job (it does not pause others); n_evals without a validation file is a
+    spec problem."""
     await admin(sandbox.base_url, "POST", "/_sandbox/config", {"user_limit_usd": 0.0})
     ctx, inputs = await uploaded_ctx(tmp_path, remote_settings, api)
-    with pytest.raises(Paused, match="cannot pay"):
+    with pytest.raises(RemoteRejected, match="refuses this job"):
         await create.run(ctx, inputs)
     ctx, inputs = await uploaded_ctx(tmp_path / "evals", remote_settings, api, n_evals=2)
     with pytest.raises(BadInput, match="n_evals"):

@@ -49,3 +49,26 @@ async def test_each_save_is_visible_to_another_connection_when_it_returns(tmp_pa
         await store.save_item("j", "m", "s1:1", {"prediction": f"v{n}"})
         assert committed(tmp_path / "state.db") == {"s1:1": {"prediction": f"v{n}"}}
     await store.close()
+
+
+async def test_uncounted_restarts_keep_the_first_attempt(tmp_path: Path) -> None:
+    """A waiting step restarted any number of times stays at attempt 1; a counted step's attempts grow."""
+    store = await StateStore.open(tmp_path / "state.db")
+    try:
+        await store.add_job("j", "j", "spec.yaml")
+        assert [await store.begin_step("j", "poll", count=False) for _ in range(5)] == [1] * 5
+        await store.refund_attempt("j", "poll")  # a pause takes it back to 0; the next start makes it 1 again
+        assert await store.begin_step("j", "poll", count=False) == 1
+        assert [await store.begin_step("j", "prepare") for _ in range(3)] == [1, 2, 3]
+    finally:
+        await store.close()
+
+
+async def test_a_file_that_is_not_a_database_is_a_startup_error(tmp_path: Path) -> None:
+    """Random bytes where state.db should be: StartupError saying what to do, and no thread left running."""
+    from daemon.errors import StartupError
+
+    path = tmp_path / "state.db"
+    path.write_bytes(b"\x13" * 4096)
+    with pytest.raises(StartupError, match="cannot be read"):
+        await StateStore.open(path)

@@ -80,12 +80,32 @@ def test_unparsable_file_waits_for_the_settle_window(settings: Settings, inbox: 
 
 
 def test_a_parsable_file_is_claimed_only_at_rest(settings: Settings, inbox: Path) -> None:
-    """A slow writer's first lines may already parse: a spec changed within the quiet period is not claimed yet."""
+    """A slow writer's first lines may already parse: a spec is claimed only once two looks STABLE_S apart saw the
+    same inode, size and mtime; a write in between starts the wait again."""
     path = inbox / "growing.yaml"
     path.write_bytes(b"name: demo\ndataset:\n  source: data/x")
+    sightings = spool.Sightings()
+    judged = spool.inspect(path, settings, sightings=sightings)
+    assert isinstance(judged, Unsettled) and judged.due <= time.time() + spool.STABLE_S
+    with open(path, "ab") as fh:
+        fh.write(b"/more")
+    time.sleep(spool.STABLE_S)
+    assert isinstance(spool.inspect(path, settings, sightings=sightings), Unsettled)  # it grew: not stable yet
+    time.sleep(spool.STABLE_S)
+    arrival = spool.inspect(path, settings, sightings=sightings)
+    assert isinstance(arrival, Arrival) and arrival.data == b"name: demo\ndataset:\n  source: data/x/more"
+
+
+def test_unreadable_file_is_rejected_with_the_reason(settings: Settings, inbox: Path) -> None:
+    """A spec the daemon cannot open is an input to reject, named with the error, owner and mode; not a crash."""
+    path = inbox / "secret.yaml"
+    path.write_bytes(GOOD)
+    path.chmod(0o000)
+    if os.access(path, os.R_OK):
+        pytest.skip("running with CAP_DAC_OVERRIDE (root): tests/failure covers this with the capability dropped")
     judged = spool.inspect(path, settings)
-    assert isinstance(judged, Unsettled) and judged.due <= time.time() + min(spool.QUIET_S, settings.settle_s)
-    assert isinstance(spool.inspect(aged(path), settings), Arrival)
+    assert isinstance(judged, Arrival) and judged.rejected
+    assert "cannot be read" in judged.problems[0] and "mode 0000" in judged.problems[0]
 
 
 def test_scan_and_claim_move_the_spec(settings: Settings, inbox: Path) -> None:
@@ -110,3 +130,25 @@ def test_same_filesystem_check_fails_clearly(settings: Settings, inbox: Path) ->
     settings.jobs_dir.mkdir()
     spool.check_same_filesystem(settings)
     assert list(inbox.iterdir()) == []
+
+
+def test_a_spec_held_open_for_writing_is_not_claimed(settings: Settings, inbox: Path) -> None:
+    """A stable spec that some process still holds open for writing waits (read lease refused) until closed."""
+    import signal
+
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # as the service does before any scan
+    try:
+        path = inbox / "open.yaml"
+        with open(path, "wb") as writer:
+            writer.write(GOOD)
+            writer.flush()
+            sightings = spool.Sightings()
+            for _ in range(3):
+                assert isinstance(spool.inspect(path, settings, sightings=sightings), Unsettled)
+                time.sleep(spool.STABLE_S)
+        time.sleep(spool.STABLE_S)
+        spool.inspect(path, settings, sightings=sightings)
+        time.sleep(spool.STABLE_S)
+        assert isinstance(spool.inspect(path, settings, sightings=sightings), Arrival)
+    finally:
+        signal.signal(signal.SIGIO, previous)
