@@ -21,6 +21,7 @@ import watchfiles
 
 from daemon.config import Settings
 from daemon.errors import StartupError
+from daemon.jobs.index import OutboxIndex, store_outputs
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
@@ -119,6 +120,7 @@ class Service:
             job_logs=self.job_logs,
             remote=self.remote,
             on_change=self._changed,
+            listeners=(OutboxIndex(self.settings.outbox, store_outputs(store)),),
         )
         intake = Intake(self.settings, self.runner)
         self._install_signals()
