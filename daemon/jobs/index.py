@@ -28,6 +28,8 @@ HEADER = ["job", "status", "step", "progress", "F1", "EM", "cost", "started", "f
 NUMERIC = {"F1", "EM", "cost"}
 ENDED = ("completed", "failed", "cancelled", "rejected")
 REPORTED_ENDS = ("completed", "failed", "cancelled")
+# What writing a view (the index, a report) may raise from bad or missing files; logged, never raised to the runner.
+VIEW_ERRORS = (OSError, ValueError, LookupError, TypeError, AttributeError, ArithmeticError, RuntimeError)
 OutputsReader = Callable[[str], Awaitable[Mapping[str, Mapping[str, Any]]]]
 
 
@@ -174,7 +176,7 @@ class OutboxIndex:
                     await self._report_if_missing(document)
                 rows = await asyncio.to_thread(overview, self._outbox, list(self._documents.values()))
                 await asyncio.to_thread(self._write, rows)
-        except Exception as exc:  # noqa: BLE001 - a listener must not raise: the index is a view, the job goes on
+        except VIEW_ERRORS as exc:  # a listener must not raise: the index is a view, the job goes on
             log.warning("outbox_index_failed", job_id=document.get("job_id"), error=repr(exc))
 
     def _load(self) -> dict[str, dict[str, Any]]:
