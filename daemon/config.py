@@ -38,6 +38,9 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_CRASH_AT": "crash_at",
     "TOGETHER_API_KEY": "together_api_key",
     "TOGETHER_BASE_URL": "together_base_url",
+    "FINETUNED_WEBHOOK_URL": "webhook_url",
+    "FINETUNED_WEBHOOK_TOKEN": "webhook_token",
+    "FINETUNED_WEBHOOK_FORMAT": "webhook_format",
 }
 
 SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN", "_SECRET")
@@ -82,6 +85,11 @@ class Settings:
     # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env): every
     # *_API_KEY / *_KEY / *_TOKEN / *_SECRET variable of the environment, held here so nothing else reads os.environ.
     named_secrets: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    # Notifications (daemon/notify.py): a JSON POST per job end to this URL (a secret: never logged), with
+    # `Authorization: Bearer <token>` when a token is set; format `json` or `slack` ({"text": ...}).
+    webhook_url: str | None = dataclasses.field(default=None, repr=False)
+    webhook_token: str | None = dataclasses.field(default=None, repr=False)
+    webhook_format: str = "json"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
@@ -128,7 +136,8 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, outbox files, status output or errors."""
-        return list(dict.fromkeys(s for s in (self.together_api_key, *self.named_secrets.values()) if s))
+        values = (self.together_api_key, self.webhook_url, self.webhook_token, *self.named_secrets.values())
+        return list(dict.fromkeys(s for s in values if s))
 
 
 def _credential(directory: str | None, name: str) -> str | None:

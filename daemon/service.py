@@ -26,6 +26,7 @@ from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
 from daemon.logs import JobLogs
+from daemon.notify import Webhook
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
 from daemon.spool import inbox
@@ -112,6 +113,7 @@ class Service:
                 await store.close()
 
     async def _serve(self, store: StateStore) -> int:
+        webhook = Webhook.from_settings(self.settings)
         self._runner = Runner(
             self.settings,
             store,
@@ -120,7 +122,7 @@ class Service:
             job_logs=self.job_logs,
             remote=self.remote,
             on_change=self._changed,
-            listeners=(OutboxIndex(self.settings.outbox, store_outputs(store)),),
+            listeners=(OutboxIndex(self.settings.outbox, store_outputs(store)), *([webhook] if webhook else [])),
         )
         intake = Intake(self.settings, self.runner)
         self._install_signals()
@@ -134,6 +136,8 @@ class Service:
             self.notifier.send("STOPPING=1", "STATUS=stopping")
             await self.runner.drain(0 if self._signals > 1 else self.settings.shutdown_grace_s)
             await self.gate.close()
+            if webhook is not None:
+                await webhook.close(self.settings.shutdown_grace_s)
             log.info("daemon_stopped", exit_code=self.exit_code)
             self.notifier.close()
         return self.exit_code
