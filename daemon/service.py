@@ -26,6 +26,7 @@ from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
 from daemon.logs import JobLogs
+from daemon.metrics import MetricsListener
 from daemon.notify import Webhook
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
@@ -122,7 +123,11 @@ class Service:
             job_logs=self.job_logs,
             remote=self.remote,
             on_change=self._changed,
-            listeners=(OutboxIndex(self.settings.outbox, store_outputs(store)), *([webhook] if webhook else [])),
+            listeners=(
+                OutboxIndex(self.settings.outbox, store_outputs(store)),
+                MetricsListener(self.settings.outbox),
+                *([webhook] if webhook else []),
+            ),
         )
         intake = Intake(self.settings, self.runner)
         self._install_signals()

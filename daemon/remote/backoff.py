@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import structlog
 
+from daemon import metrics
 from daemon.errors import TransientError
 
 T = TypeVar("T")
@@ -93,5 +94,6 @@ async def retry(
             if attempt == policy.attempts or clock() + delay > deadline:
                 raise
             log.info("retrying", what=what, attempt=attempt, delay_s=round(delay, 3), error=str(exc)[:300])
+            metrics.retried(what)
             await sleep(delay)
     raise AssertionError("unreachable: the loop returns or raises")
