@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.money import usd
 from daemon.spool.files import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def overview_row(document: Mapping[str, Any], summary: Mapping[str, Any] | None,
         progress_text(document.get("progress")),
         headline(summary, "f1"),
         headline(summary, "em"),
-        f"${cost:.2f}" if isinstance(cost, int | float) else "",
+        usd(cost) if isinstance(cost, int | float) else "",
         str(document.get("created_at") or ""),
         str(document.get("updated_at") or "") if status in ENDED else "",
         f"{folder.name}/{report}",

@@ -88,7 +88,8 @@ def _gain_tips(analyses: Sequence[ModelAnalysis], overall_f1: Mapping[str, float
             continue
         if value - base < SMALL_GAIN:
             tips.append(
-                f"{other.alias} gains only {value - base:+.3f} F1 (0..1) over {reference}: check the training loss,"
+                f"{other.alias} {'gains only' if value >= base else 'loses'} {value - base:+.3f} F1 (0..1) against"
+                f" {reference}: check the training loss,"
                 " then try more epochs or a higher learning rate, or more (and more varied) training data."
             )
     return tips

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from daemon.money import usd
 from daemon.spool.files import atomic_write_bytes, atomic_write_json
 from handlers.reporting import charts
 from handlers.reporting.data import ReportData, first_model, gather
@@ -66,7 +67,7 @@ def _md_section(section: Section, chart_files: Mapping[str, bytes]) -> list[str]
     for example in section.examples:
         lines += [f"> **{label}:** {text}  " for label, text in example] + [""]
     lines += [f"![{name}]({name})\n" for name in section.charts if name in chart_files]
-    return lines
+    return lines + [p + "\n" for p in section.notes]
 
 
 def render_markdown(data: ReportData) -> str:
@@ -103,7 +104,7 @@ def _html_section(section: Section, chart_files: Mapping[str, bytes]) -> list[st
     for name in (c for c in section.charts if c in chart_files):
         encoded = base64.b64encode(chart_files[name]).decode()
         body.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>")
-    return body
+    return body + [f"<p>{esc(p).replace('`', '')}</p>" for p in section.notes]
 
 
 STYLE = (
@@ -141,13 +142,16 @@ def summary(data: ReportData) -> dict[str, Any]:
     cost = money(data).total_usd
     scores = " → ".join(f"{a} F1 {s.get('f1')} / EM {s.get('em')}" for a, s in headline.items())
     line = f"{data.name}: {data.status.get('status', 'completed')}" + (f"; {scores}" if scores else "")
+    error = data.status.get("error")
+    if isinstance(error, dict):
+        line += f" in step {error.get('step')}: {str(error.get('message'))[:200]}"
     return {
         "job_id": data.job_id,
         "status": data.status.get("status"),
         "headline": headline,
         "scale": first_model(data.metrics).get("scale"),
         "cost_usd": round(cost, 4),
-        "summary": f"{line}; cost ${cost:.2f}",
+        "summary": f"{line}; cost {usd(cost)}",
         "report": "report.html",
         "simulated": data.simulated,
     }

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.reporting import advice
-from handlers.reporting.analysis import GROUPINGS, ModelAnalysis, Turn, answer_type, length_ratio
+from handlers.reporting.analysis import GROUPINGS, ORDERS, ModelAnalysis, Turn, answer_type, length_ratio
 from handlers.reporting.data import ReportData, first_model
 from handlers.reporting.timeline import money, money_lines, timeline_rows
 
@@ -29,6 +29,7 @@ class Section:
     charts: list[str] = field(default_factory=list)
     bullets: list[str] = field(default_factory=list)
     examples: list[list[tuple[str, str]]] = field(default_factory=list)  # label/text pairs per example
+    notes: list[str] = field(default_factory=list)  # paragraphs after everything else
 
 
 def table(header: list[str], rows: list[list[Any]]) -> Table:
@@ -50,7 +51,7 @@ def failure_section(data: ReportData) -> Section:
         section.bullets.append(str(error.get("message") or "no message was recorded"))
         section.bullets += [str(p) for p in (error.get("problems") or [])[:PROBLEMS_SHOWN]]
         section.bullets += _validation_problems(data.validation)
-    section.paragraphs.append("What to do: " + advice.failure_advice(status, error))
+    section.notes.append("What to do: " + advice.failure_advice(status, error))
     return section
 
 
@@ -66,7 +67,8 @@ def _validation_problems(validation: Mapping[str, Any] | None) -> list[str]:
 
 def job_section(data: ReportData) -> Section:
     """Ids and status."""
-    text = f"Job `{data.job_id}` (spec `{data.name}`), status `{data.status.get('status', 'running')}`."
+    status = data.status.get("status")
+    text = f"Job `{data.job_id}` (spec `{data.name}`)" + (f", status `{status}`." if status != "running" else ".")
     ids = [[k, v] for k, v in data.remote_ids.items()]
     return Section("Job", [text], [table(["remote id", "value"], ids)] if ids else [])
 
@@ -206,7 +208,11 @@ def analysis_section(analyses: list[ModelAnalysis]) -> Section:
         )
     for grouping in GROUPINGS:
         header = [grouping]
-        labels = list(dict.fromkeys(g.label for a in analyses for g in a.groups[grouping]))
+        present = {g.label for a in analyses for g in a.groups[grouping]}
+        seen = [label for label in ORDERS.get(grouping, ()) if label in present]
+        labels = seen + list(
+            dict.fromkeys(g.label for a in analyses for g in a.groups[grouping] if g.label not in seen)
+        )
         rows: list[list[Any]] = [[label] for label in labels]
         for analysis in analyses:
             header += [f"{analysis.alias} turns", "EM", "F1", "errors %"]

@@ -178,6 +178,7 @@ def test_failed_job_report_names_step_words_and_what_to_do(tmp_path: Path) -> No
     assert f"- {message}" in markdown
     assert "- train.jsonl line 3: about 600 tokens, longer than the model's 512 token context (too_long)" in markdown
     assert "What to do: Fix the dataset (validation.json names every bad line)" in markdown
+    assert markdown.index(message) < markdown.index("What to do:") < markdown.index("## Job")
     steps = table_rows(markdown, "step")
     assert steps[1] == ["prepare", "done", "1", "2026-01-01T00:00:00Z", "0.2"] and steps[2][-1] == "–"
     assert table_rows(markdown, "file")[1] == ["train", "6", "40", "86", "2680"]
