@@ -43,7 +43,7 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_WEBHOOK_FORMAT": "webhook_format",
 }
 
-SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN", "_SECRET")
+SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN", "_SECRET", "_WEBHOOK_URL")
 
 # Set by systemd, not by users; read here so that nothing else touches os.environ.
 SYSTEMD_VARIABLES: dict[str, str] = {
@@ -82,8 +82,9 @@ class Settings:
     together_base_url: str | None = None
     notify_socket: str | None = None
     watchdog_usec: int = 0
-    # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env): every
-    # *_API_KEY / *_KEY / *_TOKEN / *_SECRET variable of the environment, held here so nothing else reads os.environ.
+    # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env,
+    # notify.webhook_url_env): every *_API_KEY / *_KEY / *_TOKEN / *_SECRET / *_WEBHOOK_URL variable of the
+    # environment, held here so nothing else reads os.environ.
     named_secrets: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
     # Notifications (daemon/notify.py): a JSON POST per job end to this URL (a secret: never logged), with
     # `Authorization: Bearer <token>` when a token is set; format `json` or `slack` ({"text": ...}).

@@ -1,10 +1,11 @@
 """Notifications: one JSON POST to a webhook when a job completes, fails, is cancelled or is rejected.
 
-`Webhook` is a JobListener: a final publication is queued at once (the job never waits for the network); its own
-task sends the queue in order, each POST retried with backoff through daemon/remote/backoff.py and given up with a
-warning, never an error of the job. The URL and the token come from the settings (the environment), never from a
-spec, and are never logged. Format `json` (the fields below) or `slack` (`{"text": summary}`, which Slack's
-incoming webhooks and most chat tools accept).
+`Webhook` is a JobListener: it posts to FINETUNED_WEBHOOK_URL and to the job's own `notify.webhook_url_env` (a
+*_WEBHOOK_URL variable the spec names). A final publication is queued at once (the job never waits for the
+network); its own task sends the queue in order, each POST retried with backoff through daemon/remote/backoff.py
+and given up with a warning, never an error of the job. URLs and the token come from the environment (through the
+settings), never from a spec, and are never logged. Format `json` (the fields of `payload`) or `slack`
+(`{"text": summary}`, which Slack's incoming webhooks and most chat tools accept).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -22,6 +25,10 @@ from daemon.config import Settings
 from daemon.errors import FinetunedError, StartupError, TransientError
 from daemon.remote.backoff import RetryPolicy, retry
 from daemon.remote.classify import classify
+from daemon.spec import JobSpec, parse_spec
+
+if TYPE_CHECKING:
+    from daemon.jobs.state import StateStore
 
 log = structlog.get_logger()
 
@@ -66,26 +73,50 @@ def payload(outbox: Path, document: dict[str, Any], body_format: str) -> dict[st
     }
 
 
-class Webhook:
-    """Posts job endings to the configured webhook from its own task (a JobListener)."""
+@dataclass(frozen=True)
+class Target:
+    """Where one notification goes (the URL is a secret: never logged)."""
 
-    def __init__(self, settings: Settings, *, policy: RetryPolicy | None = None) -> None:
+    url: str = field(repr=False)
+    format: str = "json"
+    token: str | None = field(default=None, repr=False)
+
+
+SpecReader = Callable[[str], Awaitable["JobSpec | None"]]
+
+
+def store_specs(store: StateStore) -> SpecReader:
+    """A job's spec from its state-store record (None when it cannot be read), for its own `notify` section."""
+
+    async def read(job_id: str) -> JobSpec | None:
+        record = await store.job(job_id)
+        if record is None:
+            return None
+        path = Path(record.spec_file)
+        try:
+            return parse_spec(await asyncio.to_thread(path.read_bytes), path.name)
+        except (OSError, FinetunedError):
+            return None
+
+    return read
+
+
+class Webhook:
+    """Posts job endings to the configured webhook and to a spec's own one, from its own task (a JobListener)."""
+
+    def __init__(
+        self, settings: Settings, *, specs: SpecReader | None = None, policy: RetryPolicy | None = None
+    ) -> None:
         if settings.webhook_format not in FORMATS:
             raise StartupError(f"FINETUNED_WEBHOOK_FORMAT={settings.webhook_format!r}: use one of {', '.join(FORMATS)}")
-        assert settings.webhook_url, "a Webhook needs settings.webhook_url"
-        self._url = settings.webhook_url
         self._settings = settings
+        self._specs = specs
         self._policy = policy or settings.retry_policy
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
         self.given_up = 0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Webhook | None:
-        """A Webhook when a URL is configured, else None."""
-        return cls(settings) if settings.webhook_url else None
 
     async def job_published(self, document: dict[str, Any], *, final: bool) -> None:
         """Queue a job's ending (returns at once); other publications are ignored."""
@@ -99,14 +130,34 @@ class Webhook:
         while True:
             document = await self._queue.get()
             try:
-                await self._send(document)
+                for target in await self._targets(document):
+                    await self._send(target, document)
             finally:
                 self._queue.task_done()
 
-    async def _send(self, document: dict[str, Any]) -> None:
-        body = await asyncio.to_thread(payload, self._settings.outbox, document, self._settings.webhook_format)
+    async def _targets(self, document: dict[str, Any]) -> list[Target]:
+        found = []
+        if self._settings.webhook_url:
+            found.append(
+                Target(self._settings.webhook_url, self._settings.webhook_format, self._settings.webhook_token)
+            )
+        if self._specs is None or str(document.get("status")) == "rejected":
+            return found
+        spec = await self._specs(str(document.get("job_id")))
+        if spec is not None and spec.notify is not None:
+            url = self._settings.named_secrets.get(spec.notify.webhook_url_env)
+            if url:
+                found.append(Target(url, spec.notify.format))
+            else:
+                log.warning(
+                    "webhook_variable_unset", job_id=document.get("job_id"), variable=spec.notify.webhook_url_env
+                )
+        return found
+
+    async def _send(self, target: Target, document: dict[str, Any]) -> None:
+        body = await asyncio.to_thread(payload, self._settings.outbox, document, target.format)
         try:
-            status = await retry(lambda: self._post(body), policy=self._policy, what="webhook")
+            status = await retry(lambda: self._post(target, body), policy=self._policy, what="webhook")
         except FinetunedError as exc:
             self.given_up += 1
             log.warning("webhook_failed", job_id=document.get("job_id"), error=self._scrub(str(exc)))
@@ -114,13 +165,13 @@ class Webhook:
         self.sent += 1
         log.info("webhook_sent", job_id=document.get("job_id"), status=document.get("status"), http_status=status)
 
-    async def _post(self, body: dict[str, Any]) -> int:
+    async def _post(self, target: Target, body: dict[str, Any]) -> int:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout_s)
             self._session = aiohttp.ClientSession(timeout=timeout)
-        headers = {"Authorization": f"Bearer {self._settings.webhook_token}"} if self._settings.webhook_token else {}
+        headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         try:
-            async with self._session.post(self._url, json=body, headers=headers) as response:
+            async with self._session.post(target.url, json=body, headers=headers) as response:
                 text = await response.text()
                 if response.status >= 300:
                     raise classify("webhook", response.status, _body(text), response.headers)

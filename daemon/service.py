@@ -27,7 +27,7 @@ from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
 from daemon.logs import JobLogs
 from daemon.metrics import MetricsListener
-from daemon.notify import Webhook
+from daemon.notify import Webhook, store_specs
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
 from daemon.spool import inbox
@@ -114,7 +114,7 @@ class Service:
                 await store.close()
 
     async def _serve(self, store: StateStore) -> int:
-        webhook = Webhook.from_settings(self.settings)
+        webhook = Webhook(self.settings, specs=store_specs(store))
         self._runner = Runner(
             self.settings,
             store,
@@ -126,7 +126,7 @@ class Service:
             listeners=(
                 OutboxIndex(self.settings.outbox, store_outputs(store)),
                 MetricsListener(self.settings.outbox),
-                *([webhook] if webhook else []),
+                webhook,
             ),
         )
         intake = Intake(self.settings, self.runner)
@@ -141,8 +141,7 @@ class Service:
             self.notifier.send("STOPPING=1", "STATUS=stopping")
             await self.runner.drain(0 if self._signals > 1 else self.settings.shutdown_grace_s)
             await self.gate.close()
-            if webhook is not None:
-                await webhook.close(self.settings.shutdown_grace_s)
+            await webhook.close(self.settings.shutdown_grace_s)
             log.info("daemon_stopped", exit_code=self.exit_code)
             self.notifier.close()
         return self.exit_code

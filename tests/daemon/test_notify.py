@@ -13,12 +13,14 @@ import pytest
 from aiohttp import web
 
 from daemon.config import Settings
+from daemon.errors import SpecError
 from daemon.logs import JobLogs
 from daemon.notify import Webhook
 from daemon.remote.backoff import RetryPolicy
 from daemon.service import Service
+from daemon.spec import parse_spec
 from tests.conftest import with_
-from tests.daemon.test_service import STEPS, Probe, drop, statuses, wait_for
+from tests.daemon.test_service import SPEC, STEPS, Probe, drop, statuses, wait_for
 
 
 @dataclass
@@ -107,6 +109,17 @@ async def test_a_hanging_receiver_does_not_hold_the_job(
     service.stop.set()
     assert await asyncio.wait_for(task, 10) == 0
     assert time.monotonic() - stopping < settings.shutdown_grace_s + 2
+
+
+async def test_a_spec_opts_in_with_its_own_variable(settings: Settings, job_logs: JobLogs, receiver: Receiver) -> None:
+    """No global webhook: the spec naming TEAM_WEBHOOK_URL gets its POST, the spec without `notify` none."""
+    settings = with_(settings, named_secrets={"TEAM_WEBHOOK_URL": receiver.url})
+    drop(settings, "told", f"{SPEC.format(name='told')}notify:\n  webhook_url_env: TEAM_WEBHOOK_URL\n".encode())
+    drop(settings, "quiet")
+    assert await asyncio.wait_for(Service(settings, STEPS, job_logs=job_logs, remote=Probe(), once=True).run(), 30) == 0
+    assert [body["name"] for _, body in receiver.posts] == ["told"]
+    with pytest.raises(SpecError, match="webhook_url_env"):
+        parse_spec(b"name: x\ndataset: {source: d}\nnotify: {webhook_url_env: https://hooks.example/abc}\n")
 
 
 async def test_gives_up_after_the_retry_policy(settings: Settings, receiver: Receiver) -> None:
