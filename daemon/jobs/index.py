@@ -56,12 +56,17 @@ def progress_text(progress: Any) -> str:
 
 
 def headline(summary: Mapping[str, Any] | None, metric: str) -> str:
-    """`first → last` model's score (a single model: its score), or empty."""
+    """`first → last` model's score (a single model: its score), with the scale when it is 0-1; or empty."""
     scores = (summary or {}).get("headline")
     if not isinstance(scores, dict) or not scores:
         return ""
-    values = [str(s.get(metric, "?")) for s in scores.values() if isinstance(s, dict)]
-    return values[0] if len(values) == 1 else f"{values[0]} → {values[-1]}"
+    values = [_score(s.get(metric)) for s in scores.values() if isinstance(s, dict)]
+    text = values[0] if len(values) == 1 else f"{values[0]} → {values[-1]}"
+    return f"{text} (0-1)" if (summary or {}).get("scale") == "0-1" else text
+
+
+def _score(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) and abs(value) < 1 else str(value)
 
 
 def overview_row(document: Mapping[str, Any], summary: Mapping[str, Any] | None, folder: Path) -> list[str]:

@@ -88,7 +88,7 @@ def _gain_tips(analyses: Sequence[ModelAnalysis], overall_f1: Mapping[str, float
             continue
         if value - base < SMALL_GAIN:
             tips.append(
-                f"{other.alias} {'gains only' if value >= base else 'loses'} {value - base:+.3f} F1 (0..1) against"
+                f"{other.alias} {'gains only' if value >= base else 'loses'} {abs(value - base):.3f} F1 (0..1) against"
                 f" {reference}: check the training loss,"
                 " then try more epochs or a higher learning rate, or more (and more varied) training data."
             )
@@ -119,6 +119,7 @@ ADVICE = {
     " resubmitting.",
     "Paused": "Remote work is paused (credentials or balance): fix TOGETHER_API_KEY or the account, then resubmit.",
 }
+DATASET_ADVICE = "Fix the dataset section of the spec (or the data) as the message says, then drop the spec again."
 DEFAULT_ADVICE = "Read log.jsonl in this folder for the traceback, fix the cause, then drop an edited spec again."
 CANCELLED_ADVICE = "The job was cancelled (finetuned cancel); drop the spec again to run it."
 
@@ -128,4 +129,6 @@ def failure_advice(status: str, error: Mapping[str, Any] | None) -> str:
     if status == "cancelled":
         return CANCELLED_ADVICE
     kind = str((error or {}).get("type") or "")
+    if kind == "DatasetError" and (error or {}).get("step") != "validate":
+        return DATASET_ADVICE
     return ADVICE.get(kind, DEFAULT_ADVICE)

@@ -195,8 +195,21 @@ def analyse(alias: str, turns: Sequence[Turn], lowest_n: int = 5) -> ModelAnalys
     count = max(1, len(turns))
     pred_tokens = sum(len(answer_tokens(t.prediction or "")) for t in turns) / count
     gold_tokens = sum(len(answer_tokens(t.answers[0])) if t.answers else 0 for t in turns) / count
-    lowest = sorted(turns, key=lambda t: (t.f1, t.em, -length_ratio(t), t.story_id, t.turn_id))[:lowest_n]
+    lowest = lowest_turns(turns, lowest_n)
     return ModelAnalysis(alias, list(turns), groups, pred_tokens, gold_tokens, lowest)
+
+
+def lowest_turns(turns: Sequence[Turn], count: int) -> list[Turn]:
+    """The `count` lowest-scoring turns (ties: the more verbose first), at most one per story while others remain."""
+    ranked = sorted(turns, key=lambda t: (t.f1, t.em, -length_ratio(t), t.story_id, t.turn_id))
+    chosen: list[Turn] = []
+    stories: set[str] = set()
+    for turn in ranked:
+        if len(chosen) < count and turn.story_id not in stories:
+            chosen.append(turn)
+            stories.add(turn.story_id)
+    rest = [t for t in ranked if t not in chosen]
+    return sorted([*chosen, *rest[: count - len(chosen)]], key=ranked.index)
 
 
 def group(analysis: ModelAnalysis, grouping: str, label: str) -> Group | None:

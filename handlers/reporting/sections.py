@@ -244,7 +244,7 @@ def _example(data: ReportData, analysis: ModelAnalysis, turn: Turn) -> list[tupl
         ("model", f"{analysis.alias} — story {turn.story_id}, turn {turn.turn_id} ({answer_type(turn.answers)})"),
         ("scores", f"F1 {turn.f1:.3f}, EM {turn.em:.3f}, prediction {length_ratio(turn):.1f}× gold length"),
         ("story", _excerpt(story, turn.answers[0] if turn.answers else "")),
-        ("history", shown or "(first turn)"),
+        ("history", (shown + " (gold answers)") if shown else "(first turn)"),
         ("question", turn.question),
         ("gold", " | ".join(turn.answers)),
         ("prediction", prediction),

@@ -102,7 +102,7 @@ async def test_report_after_sandbox_evaluation_is_marked_simulated_with_charts(t
     lengths = table_rows(markdown, "prediction length")
     assert lengths[1][0] == "over 3× gold" and lengths[1][1] == "33"
     assert "100 % of base errors are answers over 3× the gold length" in markdown
-    assert "gains only +0.000 F1" in markdown
+    assert "org/other gains only 0.000 F1 (0..1) against base" in markdown
     assert "> **story:** The hat of Anna0 was red." in markdown  # story excerpt from eval.jsonl
     assert "> **gold:** red | red hat | red" in markdown
     domains = [row[0] for row in table_rows(markdown, "domain")[1:]]
@@ -192,6 +192,7 @@ def test_cancelled_and_remote_failure_advice() -> None:
     assert "cancelled" in advice.failure_advice("cancelled", None)
     assert "Together's side" in advice.failure_advice("failed", {"type": "RemoteJobFailed"})
     assert advice.failure_advice("failed", {"type": "KeyError"}) == advice.DEFAULT_ADVICE
+    assert advice.failure_advice("failed", {"type": "DatasetError", "step": "prepare"}) == advice.DATASET_ADVICE
 
 
 def test_markdown_table_aligns_text_left_and_numbers_right() -> None:
@@ -250,6 +251,9 @@ def test_breakdown_shares_and_verbosity_tip() -> None:
     assert verbose is not None and (verbose.turns, verbose.errors) == (2, 2)
     assert verbose.error_share == pytest.approx(2 / 3)
     assert [t.turn_id for t in result.lowest] == [4, 3]  # ties: the more verbose first
+    other = analysis.Turn("t", 1, "cnn", "What?", ("blue",), "the hat was blue as the sky", 0.0, 0.3)
+    spread = analysis.lowest_turns([*turns, other], 2)
+    assert [(t.story_id, t.turn_id) for t in spread] == [("s", 4), ("t", 1)]  # one per story while others remain
     tips = advice.next_steps([result], {"base": 0.4})
     assert tips[0].startswith("67 % of base errors are answers over 3× the gold length")
 

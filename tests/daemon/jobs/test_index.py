@@ -93,3 +93,11 @@ def test_text_table_aligns_numbers_right() -> None:
     assert lines[0].startswith("job   status  step") and lines[1].startswith("a     done  ")
     for column, cell, line in (("cost", "$10.00", 1), ("cost", "$1.00", 2), ("F1", "1.5", 1), ("F1", "12.25", 2)):
         assert lines[0].index(column) + len(column) == lines[line].index(cell) + len(cell)
+
+
+def test_headline_names_the_cookbook_scale() -> None:
+    """Scores on the cookbook's 0-1 scale say so and keep three digits; a single model shows its score alone."""
+    summary = {"scale": "0-1", "headline": {"base": {"f1": 0.346}, "ft": {"f1": 0.19047}}}
+    assert index.headline(summary, "f1") == "0.346 → 0.19 (0-1)"
+    assert index.headline({"headline": {"m": {"em": 12.5}}}, "em") == "12.5"
+    assert index.headline(None, "f1") == ""
