@@ -245,7 +245,8 @@ def _job_detail(outbox: Path, document: dict[str, Any]) -> list[str]:
         if isinstance(s, dict)
     ]
     if rows:
-        lines += [*index.text_table(rows, ["step", "status", "attempts", "started", "duration s"]), ""]
+        header = ["step", "status", "attempts", "started", "duration s"]
+        lines += [*index.text_table(rows, header, frozenset({"attempts", "duration s"})), ""]
     for key, value in (document.get("remote") or {}).items():
         lines.append(f"{key}: {value}")
     error = document.get("error")

@@ -26,7 +26,7 @@ INDEX_HTML = "index.html"
 SUMMARY_FILE = "summary.json"  # written by the report (handlers/reporting/render.py)
 REPORT_FILE = "report.html"
 HEADER = ["job", "status", "step", "progress", "F1", "EM", "cost", "started", "finished", "report"]
-NUMERIC = {"F1", "EM", "cost"}
+NUMERIC = frozenset({"F1", "EM", "cost"})
 ENDED = ("completed", "failed", "cancelled", "rejected")
 REPORTED_ENDS = ("completed", "failed", "cancelled")
 # What writing a view (the index, a report) may raise from bad or missing files; logged, never raised to the runner.
@@ -60,13 +60,14 @@ def headline(summary: Mapping[str, Any] | None, metric: str) -> str:
     scores = (summary or {}).get("headline")
     if not isinstance(scores, dict) or not scores:
         return ""
-    values = [_score(s.get(metric)) for s in scores.values() if isinstance(s, dict)]
+    fraction = (summary or {}).get("scale") == "0-1"
+    values = [_score(s.get(metric), fraction) for s in scores.values() if isinstance(s, dict)]
     text = values[0] if len(values) == 1 else f"{values[0]} → {values[-1]}"
-    return f"{text} (0-1)" if (summary or {}).get("scale") == "0-1" else text
+    return f"{text} (0-1)" if fraction else text
 
 
-def _score(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) and abs(value) < 1 else str(value)
+def _score(value: Any, fraction: bool) -> str:
+    return f"{value:.3f}" if fraction and isinstance(value, int | float) else str(value)
 
 
 def overview_row(document: Mapping[str, Any], summary: Mapping[str, Any] | None, folder: Path) -> list[str]:
@@ -98,13 +99,15 @@ def overview(outbox: Path, documents: Sequence[Mapping[str, Any]]) -> list[list[
     return rows
 
 
-def text_table(rows: Sequence[Sequence[str]], header: Sequence[str] = HEADER) -> list[str]:
-    """A padded plain-text table: text left-aligned, the number columns right-aligned."""
+def text_table(
+    rows: Sequence[Sequence[str]], header: Sequence[str] = HEADER, numeric: frozenset[str] = NUMERIC
+) -> list[str]:
+    """A padded plain-text table: text left-aligned, the `numeric` columns right-aligned."""
     every = [list(header), *[list(r) for r in rows]]
     widths = [max(len(r[i]) for r in every) for i in range(len(header))]
     lines = []
     for row in every:
-        cells = [c.rjust(w) if h in NUMERIC else c.ljust(w) for c, w, h in zip(row, widths, header, strict=True)]
+        cells = [c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(row, widths, header, strict=True)]
         lines.append("  ".join(cells).rstrip())
     return lines
 

@@ -98,6 +98,6 @@ def test_text_table_aligns_numbers_right() -> None:
 def test_headline_names_the_cookbook_scale() -> None:
     """Scores on the cookbook's 0-1 scale say so and keep three digits; a single model shows its score alone."""
     summary = {"scale": "0-1", "headline": {"base": {"f1": 0.346}, "ft": {"f1": 0.19047}}}
-    assert index.headline(summary, "f1") == "0.346 → 0.19 (0-1)"
-    assert index.headline({"headline": {"m": {"em": 12.5}}}, "em") == "12.5"
+    assert index.headline(summary, "f1") == "0.346 → 0.190 (0-1)"
+    assert index.headline({"headline": {"m": {"em": 12.5}, "n": {"em": 0.0}}}, "em") == "12.5 → 0.0"
     assert index.headline(None, "f1") == ""
