@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from handlers.reporting.analysis import VERBOSE_BUCKET, ModelAnalysis, group
+from handlers.reporting.analysis import VERBOSE_BUCKET, ModelAnalysis, group, length_ratio
 
 # Thresholds of the suggestions (shares are of a model's errors, scores on 0..1).
 VERBOSE_SHARE = 0.3
@@ -15,6 +15,8 @@ WEAK_GROUP_GAP = 0.2
 MIN_GROUP_TURNS = 3
 DEPTH_DROP = 0.1
 SMALL_GAIN = 0.05
+SHORT_WRONG_F1 = 0.2
+SHORT_RATIO = 1.5
 
 # The Together cookbook's Multiturn_Conversation_Finetuning notebook (HEAD 90687d58): Llama 3.1 8B on CoQA
 # validation (500 stories, 7,983 turns), one gold answer per turn, scores on 0..1.
@@ -55,6 +57,13 @@ def _model_tips(analysis: ModelAnalysis) -> list[str]:
             f"{pct(verbose.error_share)} of {analysis.alias} errors are answers over 3× the gold length"
             f" (mean {analysis.mean_prediction_tokens:.1f} tokens against {analysis.mean_gold_tokens:.1f}): ask for"
             " short answers in the system prompt, lower max_tokens, or fine-tune on the answer style."
+        )
+    short_wrong = [t for t in analysis.turns if t.wrong and t.f1 < SHORT_WRONG_F1 and length_ratio(t) <= SHORT_RATIO]
+    if errors and len(short_wrong) / errors >= VERBOSE_SHARE:
+        tips.append(
+            f"{pct(len(short_wrong) / errors)} of {analysis.alias} errors are short answers with the wrong words"
+            " (at most 1.5× the gold length, F1 under 0.2): the answer style is there, the content is not;"
+            " train longer or on more data, and check that the story reaches the prompt."
         )
     mean_f1 = sum(t.f1 for t in analysis.turns) / max(1, len(analysis.turns))
     for label, hint in (

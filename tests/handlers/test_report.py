@@ -258,6 +258,21 @@ def test_breakdown_shares_and_verbosity_tip() -> None:
     assert tips[0].startswith("67 % of base errors are answers over 3× the gold length")
 
 
+def test_short_wrong_answers_tip() -> None:
+    """A model whose errors are short answers with the wrong words is told the style is learned, the content not."""
+    turns = [
+        turn(1, "two goats", "hill above", 0.0),
+        turn(2, "Tomas", "the mill", 0.0),
+        turn(3, "red", "red", 1.0, 1.0),
+    ]
+    tips = advice.next_steps([analysis.analyse("ft", turns)], {"ft": 0.33})
+    assert tips == [
+        "100 % of ft errors are short answers with the wrong words (at most 1.5× the gold length, F1 under 0.2): the"
+        " answer style is there, the content is not; train longer or on more data, and check that the story reaches"
+        " the prompt."
+    ]
+
+
 def test_next_steps_without_a_dominant_failure() -> None:
     """Exact answers everywhere: no tip fires, the report says so."""
     result = analysis.analyse("m", [turn(i, "red", "red", 1.0, 1.0) for i in range(1, 5)])
