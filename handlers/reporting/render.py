@@ -150,7 +150,7 @@ def summary(data: ReportData) -> dict[str, Any]:
         "status": data.status.get("status"),
         "headline": headline,
         "scale": first_model(data.metrics).get("scale"),
-        "cost_usd": round(cost, 4),
+        "cost_usd": round(cost, 6),
         "summary": f"{line}; cost {usd(cost)}",
         "report": "report.html",
         "simulated": data.simulated,
