@@ -49,6 +49,8 @@ def progress_text(progress: Any) -> str:
         return ""
     total = f"/{progress['total']}" if progress.get("total") is not None else ""
     text = f"{progress['done']}{total} {progress.get('unit') or ''}".strip()
+    if progress.get("errors"):
+        text += f", {progress['errors']} errors"
     models = progress.get("models")
     if isinstance(models, dict) and models:
         text += " (" + ", ".join(f"{a} {m.get('done')}/{m.get('total')}" for a, m in models.items()) + ")"

@@ -18,7 +18,9 @@ from daemon.config import Settings
 from daemon.sandbox import start_sandbox
 from handlers import evaluate, report
 from handlers.reporting import advice, analysis
+from handlers.reporting.data import gather
 from handlers.reporting.render import markdown_table, write_failure_report
+from handlers.reporting.timeline import money, money_lines
 from tests.handlers.test_evaluate import make_ctx, write_eval_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -185,6 +187,17 @@ def test_failed_job_report_names_step_words_and_what_to_do(tmp_path: Path) -> No
     assert "Longest training example: line 4, about 600 tokens, 9 turns." in markdown
     assert "Validation: NOT valid, 1 problems" in markdown
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_money_reads_optional_prices_and_endpoints(tmp_path: Path) -> None:
+    """Evaluation prices on a model's metrics and endpoint minutes in the status document join the whole cost."""
+    models = {"base": {"tokens": {"total": 1000, "price_usd": 0.25}}, "ft": {"tokens": {"total": 500}, "cost_usd": 0.5}}
+    (tmp_path / "metrics.json").write_text(json.dumps({"models": models}))
+    status = {"status": "completed", "endpoints": [{"minutes": 12.5, "cost_usd": 1.0}, {"minutes": 2.5}]}
+    data = gather("j-1", "j", tmp_path, {"poll": {"total_price_usd": 2.0}}, status)
+    lines = money_lines(money(data))
+    assert "Evaluation of base: 1,000 tokens, $0.25." in lines and "Endpoints: 15.0 minutes, $1.00." in lines
+    assert lines[-1] == "Whole cost: $3.75 (training $2.00 charged + evaluation $0.75 + endpoints $1.00)."
 
 
 def test_cancelled_and_remote_failure_advice() -> None:
