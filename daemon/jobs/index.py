@@ -91,13 +91,22 @@ def overview_row(document: Mapping[str, Any], summary: Mapping[str, Any] | None,
     ]
 
 
-def overview(outbox: Path, documents: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """Rows of every job, oldest first, with each job's summary.json where there is one (blocking)."""
-    ordered = sorted(documents, key=lambda d: str(d.get("created_at") or ""))
+def overview(
+    outbox: Path, documents: Sequence[Mapping[str, Any]], summaries: dict[str, dict[str, Any] | None] | None = None
+) -> list[list[str]]:
+    """Rows of every job, oldest first, with each job's summary.json where there is one (blocking).
+
+    `summaries` caches them by job id: a job missing from it is read (and added).
+    """
+    cache: dict[str, dict[str, Any] | None] = summaries if summaries is not None else {}
+    ordered = sorted(documents, key=lambda d: (str(d.get("created_at") or ""), str(d.get("job_id"))))
     rows = []
     for document in ordered:
-        folder = outbox / str(document.get("job_id"))
-        rows.append(overview_row(document, read_json(folder / SUMMARY_FILE), folder))
+        job_id = str(document.get("job_id"))
+        folder = outbox / job_id
+        if job_id not in cache:
+            cache[job_id] = read_json(folder / SUMMARY_FILE)
+        rows.append(overview_row(document, cache[job_id], folder))
     return rows
 
 
@@ -171,6 +180,7 @@ class OutboxIndex:
         self._outbox = outbox
         self._outputs = outputs
         self._documents: dict[str, dict[str, Any]] | None = None
+        self._summaries: dict[str, dict[str, Any] | None] = {}  # read once, and again when the job ends
         self._lock = asyncio.Lock()
 
     async def job_published(self, document: dict[str, Any], *, final: bool) -> None:
@@ -185,7 +195,9 @@ class OutboxIndex:
                 self._documents[str(document.get("job_id"))] = dict(document)
                 if final:
                     await self._report_if_missing(document)
-                rows = await asyncio.to_thread(overview, self._outbox, list(self._documents.values()))
+                    self._summaries.pop(str(document.get("job_id")), None)
+                documents = list(self._documents.values())
+                rows = await asyncio.to_thread(overview, self._outbox, documents, self._summaries)
                 await asyncio.to_thread(self._write, rows)
         except VIEW_ERRORS as exc:  # a listener must not raise: the index is a view, the job goes on
             log.warning("outbox_index_failed", job_id=document.get("job_id"), error=repr(exc))
