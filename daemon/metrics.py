@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from yarl import URL
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 JOBS = Gauge("finetuned_jobs", "Jobs known to the daemon, by status.", ["status"], registry=REGISTRY)
 ACTIVE_JOBS = Gauge("finetuned_active_jobs", "Jobs with a running task.", registry=REGISTRY)
