@@ -232,7 +232,11 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """`finetuned status [JOB] [--json]`: read the status.json files of the outbox; JOB may be an id's start."""
+    """`finetuned status [JOB] [--json]`: read the status.json files of the outbox; JOB may be an id's start.
+
+    On a terminal: a table of every job (as outbox/index.md), or one job's steps, remote ids, error and metrics.
+    Otherwise one line per job (and the document of a single job), for scripts.
+    """
     documents = read_statuses(settings.outbox)
     if args.job:
         documents = matching_jobs(documents, args.job)
@@ -243,13 +247,58 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(documents[0] if one else documents, indent=2))
         return 0
-    for document in documents:
-        print(_status_line(document))
-        if one:
-            print(json.dumps(document, indent=2))
     if not documents:
         print(f"no jobs in {settings.outbox}")
+    elif sys.stdout.isatty():
+        print(
+            "\n".join(_job_detail(settings.outbox, documents[0]) if one else _status_table(settings.outbox, documents))
+        )
+    else:
+        for document in documents:
+            print(_status_line(document))
+            if one:
+                print(json.dumps(document, indent=2))
     return 0
+
+
+def _status_table(outbox: Path, documents: list[dict[str, Any]]) -> list[str]:
+    from daemon.jobs import index  # light: the standard library and the atomic writes
+
+    return index.text_table(index.overview(outbox, documents))
+
+
+def _job_detail(outbox: Path, document: dict[str, Any]) -> list[str]:
+    """One job: its row, its steps, remote ids, error and metrics."""
+    from daemon.jobs import index
+
+    lines = [*_status_table(outbox, [document]), ""]
+    raw_steps = document.get("steps")
+    steps: dict[str, Any] = raw_steps if isinstance(raw_steps, dict) else {}
+    rows = [
+        [
+            name,
+            str(s.get("status")),
+            str(s.get("attempts")),
+            str(s.get("started_at") or ""),
+            str(s.get("duration_s") or ""),
+        ]
+        for name, s in steps.items()
+        if isinstance(s, dict)
+    ]
+    if rows:
+        header = ["step", "status", "attempts", "started", "duration s"]
+        lines += [*index.text_table(rows, header, frozenset({"attempts", "duration s"})), ""]
+    for key, value in (document.get("remote") or {}).items():
+        lines.append(f"{key}: {value}")
+    error = document.get("error")
+    if isinstance(error, dict):
+        lines.append(f"error in {error.get('step')}: {error.get('type')}: {error.get('message')}")
+    summary = index.read_json(outbox / str(document.get("job_id")) / index.SUMMARY_FILE)
+    for alias, scores in ((summary or {}).get("headline") or {}).items():
+        lines.append(f"{alias}: F1 {scores.get('f1')}, EM {scores.get('em')}")
+    if summary and summary.get("cost_usd") is not None:
+        lines.append(f"cost: ${summary['cost_usd']:.2f}")
+    return lines
 
 
 def matching_jobs(documents: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:

@@ -41,9 +41,12 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_ALLOW_LINK_LOCAL": "allow_link_local",
     "TOGETHER_API_KEY": "together_api_key",
     "TOGETHER_BASE_URL": "together_base_url",
+    "FINETUNED_WEBHOOK_URL": "webhook_url",
+    "FINETUNED_WEBHOOK_TOKEN": "webhook_token",
+    "FINETUNED_WEBHOOK_FORMAT": "webhook_format",
 }
 
-SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN", "_SECRET")
+SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN", "_SECRET", "_WEBHOOK_URL")
 
 # Set by systemd, not by users; read here so that nothing else touches os.environ.
 SYSTEMD_VARIABLES: dict[str, str] = {
@@ -91,9 +94,15 @@ class Settings:
     together_base_url: str | None = None
     notify_socket: str | None = None
     watchdog_usec: int = 0
-    # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env): every
-    # *_API_KEY / *_KEY / *_TOKEN / *_SECRET variable of the environment, held here so nothing else reads os.environ.
+    # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env,
+    # notify.webhook_url_env): every *_API_KEY / *_KEY / *_TOKEN / *_SECRET / *_WEBHOOK_URL variable of the
+    # environment, held here so nothing else reads os.environ.
     named_secrets: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    # Notifications (daemon/notify.py): a JSON POST per job end to this URL (a secret: never logged), with
+    # `Authorization: Bearer <token>` when a token is set; format `json` or `slack` ({"text": ...}).
+    webhook_url: str | None = dataclasses.field(default=None, repr=False)
+    webhook_token: str | None = dataclasses.field(default=None, repr=False)
+    webhook_format: str = "json"
 
     def __post_init__(self) -> None:
         problems = [f"{_name_of(f)}={getattr(self, f)!r}: {why}" for f, why in _problems(self)]
@@ -150,7 +159,8 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, outbox files, status output or errors."""
-        return list(dict.fromkeys(s for s in (self.together_api_key, *self.named_secrets.values()) if s))
+        values = (self.together_api_key, self.webhook_url, self.webhook_token, *self.named_secrets.values())
+        return list(dict.fromkeys(s for s in values if s))
 
 
 # Settings that must be positive (a zero would stall the daemon or spin it), and those that may be zero.

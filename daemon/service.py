@@ -22,11 +22,14 @@ import watchfiles
 from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.jobs.consistency import check_matches_outbox
+from daemon.jobs.index import OutboxIndex, store_outputs
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
 from daemon.jobs.sweep import sweep_endpoints
 from daemon.logs import JobLogs
+from daemon.metrics import MetricsListener
+from daemon.notify import Webhook, store_specs
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
 from daemon.spool import inbox
@@ -126,6 +129,7 @@ class Service:
                 await store.close()
 
     async def _serve(self, store: StateStore) -> int:
+        webhook = Webhook(self.settings, specs=store_specs(store))
         self._runner = Runner(
             self.settings,
             store,
@@ -134,6 +138,11 @@ class Service:
             job_logs=self.job_logs,
             remote=self.remote,
             on_change=self._changed,
+            listeners=(
+                OutboxIndex(self.settings.outbox, store_outputs(store)),
+                MetricsListener(self.settings.outbox),
+                webhook,
+            ),
         )
         intake = Intake(self.settings, self.runner)
         if self.remote is not None:  # endpoints of ended jobs whose cleanup did not finish (handlers/serving.py)
@@ -148,6 +157,7 @@ class Service:
             self.notifier.send("STOPPING=1", "STATUS=stopping")
             await self.runner.drain(0 if self._signals > 1 else self.settings.shutdown_grace_s)
             await self.gate.close()
+            await webhook.close(self.settings.shutdown_grace_s)
             log.info("daemon_stopped", exit_code=self.exit_code)
             self.notifier.close()
         return self.exit_code

@@ -188,13 +188,22 @@ def variant_name(overrides: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:60]
 
 
+class NotifySpec(_Strict):
+    """This job's own webhook (besides FINETUNED_WEBHOOK_URL): the URL is named by a *_WEBHOOK_URL variable."""
+
+    webhook_url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*_WEBHOOK_URL$")
+    format: Literal["json", "slack"] = "json"
+
+
 class JobSpec(_Strict):
-    """One job: a dataset, and optionally a fine-tune (or a sweep of them) and an evaluation."""
+    """One job: a dataset, and optionally a fine-tune (or a sweep of them), an evaluation and a webhook to tell
+    when it ends."""
 
     name: str = Field(pattern=NAME_PATTERN)
     dataset: DatasetSpec
     finetune: FinetuneSpec | None = None
     evaluate: EvaluateSpec | None = None
+    notify: NotifySpec | None = None
     sweep: SweepSpec | None = None
 
     @model_validator(mode="after")

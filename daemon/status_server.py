@@ -8,6 +8,7 @@ from aiohttp import web
 from daemon.config import Settings
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import JobStatus
+from daemon.metrics import CONTENT_TYPE, exposition
 from daemon.remote.gate import RemoteGate
 
 log = structlog.get_logger()
@@ -37,20 +38,11 @@ async def job(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format: jobs by status, active jobs, remote pause."""
+    """Prometheus text format (prometheus_client): jobs by status, steps, remote calls, retries, chat, money, pause."""
     runner, gate = request.app[RUNNER], request.app[GATE]
     counts = await runner.counts()
-    lines = ["# HELP finetuned_jobs Jobs known to the daemon, by status.", "# TYPE finetuned_jobs gauge"]
-    lines += [f'finetuned_jobs{{status="{s}"}} {counts.get(str(s), 0)}' for s in JobStatus]
-    lines += [
-        "# HELP finetuned_active_jobs Jobs with a running task.",
-        "# TYPE finetuned_active_jobs gauge",
-        f"finetuned_active_jobs {runner.active_jobs}",
-        "# HELP finetuned_remote_paused 1 while remote work is paused (auth or quota).",
-        "# TYPE finetuned_remote_paused gauge",
-        f"finetuned_remote_paused {0 if gate.is_open else 1}",
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    body = exposition(dict(counts), [str(s) for s in JobStatus], runner.active_jobs, not gate.is_open)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def make_app(runner: Runner, gate: RemoteGate) -> web.Application:

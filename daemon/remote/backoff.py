@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import structlog
 
+from daemon import metrics
 from daemon.errors import TransientError
 
 T = TypeVar("T")
@@ -100,6 +101,7 @@ async def retry(
             if failures >= policy.attempts or clock() + delay > deadline:
                 raise
             log.info("retrying", what=what, failures=failures, delay_s=round(delay, 3), error=str(exc)[:300])
+            metrics.retried(what)
             await sleep(delay)
 
 

@@ -17,6 +17,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from daemon import metrics
 from daemon.errors import FinetunedError, TransientError, Unavailable
 from daemon.logs import Redactor
 from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
@@ -206,12 +207,19 @@ class ChatClient:
             queued_s += waited_s
             return reply
 
-        reply = await retry(
-            attempt,
-            policy=self.retry_policy,
-            sleep=self._sleep,
-            clock=lambda: self._clock() - queued_s,
-            what="chat_completion",
+        try:
+            reply = await retry(
+                attempt,
+                policy=self.retry_policy,
+                sleep=self._sleep,
+                clock=lambda: self._clock() - queued_s,
+                what="chat_completion",
+            )
+        except FinetunedError as exc:
+            metrics.chat_finished(endpoint.url, error=exc)
+            raise
+        metrics.chat_finished(
+            endpoint.url, prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens
         )
         return ChatReply(
             reply.content, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, reply.simulated, attempts
@@ -283,6 +291,7 @@ class ChatClient:
         self.in_flight += 1
         self.requests_sent += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        metrics.chat_started(endpoint.url)
         try:
             async with session.post(endpoint.url, json=request.body(), headers=headers, timeout=timeout) as resp:
                 return resp.status, resp.headers, await resp.read()
@@ -294,6 +303,7 @@ class ChatClient:
             raise TransientError(f"chat request failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.in_flight -= 1
+            metrics.chat_returned(endpoint.url)
 
 
 def parse_reply(raw: bytes, *, simulated: bool = False) -> ChatReply:

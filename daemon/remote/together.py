@@ -22,6 +22,7 @@ from together.lib.resources.files import FileAlreadyExistsError
 from together.lib.resources.fine_tuning import create_finetune_request
 from together.types.finetune_model_limits import FinetuneModelLimits
 
+from daemon import metrics
 from daemon.config import Settings
 from daemon.errors import BadInput, DatasetError, FinetunedError, Paused, RemoteRejected, TransientError
 from daemon.logs import Redactor
@@ -95,11 +96,16 @@ class TogetherAPI:
         """One SDK call under a deadline; every failure comes out as a daemon error."""
         try:
             async with asyncio.timeout(timeout_s or self._timeout_s):
-                return await call()
+                result = await call()
         except TimeoutError as exc:
+            metrics.remote_call(what, exc)
             raise TransientError(f"{what}: no answer within {timeout_s or self._timeout_s:g} s") from exc
         except (together.TogetherError, FileTypeError) as exc:
-            raise self._redact(translate(exc, what)) from None
+            error = self._redact(translate(exc, what))
+            metrics.remote_call(what, error)
+            raise error from None
+        metrics.remote_call(what)
+        return result
 
     def _redact(self, error: FinetunedError) -> FinetunedError:
         error.args = tuple(self._redactor.scrub(list(error.args)))

@@ -1,0 +1,1 @@
+"""The report: what it reads (data), computes (analysis, timeline, advice), draws (charts) and writes (render)."""
