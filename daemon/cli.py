@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.config import Settings
 from daemon.errors import StartupError
-from daemon.spool.files import atomic_write_bytes, fsync_dir
+from daemon.spool.files import atomic_write_bytes, deliver
 from daemon.spool.names import is_candidate, printable
 
 if TYPE_CHECKING:
@@ -54,9 +53,7 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", parents=[spool], help="cancel a job (and its remote fine-tune)")
     cancel.add_argument("job", help="a job id, or its start when only one job matches")
 
-    retry = commands.add_parser("retry", parents=[spool], help="run a failed job again from its failed step")
-    retry.add_argument("job", help="a job id, or its start when only one job matches")
-    _experiment_commands(commands, spool)
+    _job_commands(commands, spool)
 
     score = commands.add_parser("score", help="score predictions with the official CoQA scorer's semantics")
     score.add_argument("--data", type=Path, required=True, help="CoQA data file (original json format)")
@@ -70,8 +67,10 @@ def build_parser(*, sandbox_flags: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _experiment_commands(commands: Any, spool: argparse.ArgumentParser) -> None:
-    """`again` and `compare`: the experiment loop (daemon/experiment.py)."""
+def _job_commands(commands: Any, spool: argparse.ArgumentParser) -> None:
+    """Commands on earlier jobs: `retry` a failed one, and the experiment loop's `again` and `compare`."""
+    retry = commands.add_parser("retry", parents=[spool], help="run a failed job again from its failed step")
+    retry.add_argument("job", help="a job id, or its start when only one job matches")
     again = commands.add_parser("again", parents=[spool], help="submit the next run of a job, with changes")
     again.add_argument("job", help="the earlier job (an id, or its start)")
     again.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. finetune.learning_rate=2e-5")
@@ -215,18 +214,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if not source.is_file():
         print(f"finetuned: {printable(str(source))}: no such file", file=sys.stderr)
         return 1
-    settings.inbox.mkdir(parents=True, exist_ok=True)
-    target = settings.inbox / source.name
-    counter = 1
-    while target.exists():
-        target = settings.inbox / f"{source.stem}.{counter}{source.suffix}"
-        counter += 1
-    tmp = settings.inbox / f".{target.name}.tmp"
-    shutil.copyfile(source, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.rename(tmp, target)
-    fsync_dir(settings.inbox)
+    target = deliver(settings.inbox, source.name, source.read_bytes())
     print(f"submitted {printable(str(source))} as {printable(str(target))}")
     return 0
 
@@ -268,37 +256,9 @@ def _status_table(outbox: Path, documents: list[dict[str, Any]]) -> list[str]:
 
 
 def _job_detail(outbox: Path, document: dict[str, Any]) -> list[str]:
-    """One job: its row, its steps, remote ids, error and metrics."""
     from daemon.jobs import index
 
-    lines = [*_status_table(outbox, [document]), ""]
-    raw_steps = document.get("steps")
-    steps: dict[str, Any] = raw_steps if isinstance(raw_steps, dict) else {}
-    rows = [
-        [
-            name,
-            str(s.get("status")),
-            str(s.get("attempts")),
-            str(s.get("started_at") or ""),
-            str(s.get("duration_s") or ""),
-        ]
-        for name, s in steps.items()
-        if isinstance(s, dict)
-    ]
-    if rows:
-        header = ["step", "status", "attempts", "started", "duration s"]
-        lines += [*index.text_table(rows, header, frozenset({"attempts", "duration s"})), ""]
-    for key, value in (document.get("remote") or {}).items():
-        lines.append(f"{key}: {value}")
-    error = document.get("error")
-    if isinstance(error, dict):
-        lines.append(f"error in {error.get('step')}: {error.get('type')}: {error.get('message')}")
-    summary = index.read_json(outbox / str(document.get("job_id")) / index.SUMMARY_FILE)
-    for alias, scores in ((summary or {}).get("headline") or {}).items():
-        lines.append(f"{alias}: F1 {scores.get('f1')}, EM {scores.get('em')}")
-    if summary and summary.get("cost_usd") is not None:
-        lines.append(f"cost: ${summary['cost_usd']:.2f}")
-    return lines
+    return index.job_detail(outbox, document)
 
 
 def matching_jobs(documents: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:

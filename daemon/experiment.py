@@ -19,7 +19,7 @@ import yaml
 from daemon.config import Settings
 from daemon.errors import SpecError
 from daemon.spec import JobSpec, parse_spec
-from daemon.spool.files import atomic_write_bytes, fsync_dir
+from daemon.spool.files import deliver
 
 OUTPUT_FILES = frozenset({"status.json", "metrics.json", "dataset.json", "validation.json", "sweep.json"})
 _RUN_NUMBER = re.compile(r"^(?P<base>.+?)-(?P<n>\d{1,4})$")
@@ -107,21 +107,7 @@ def again(settings: Settings, query: str, assignments: list[str], *, name: str |
         parse_spec(text, f"{data['name']}.yaml")
     except SpecError as exc:
         raise ExperimentError(f"the derived spec is not valid: {exc}") from None
-    return deliver(settings, f"{data['name']}.yaml", text)
-
-
-def deliver(settings: Settings, filename: str, data: bytes) -> Path:
-    """Put a spec into the inbox atomically (hidden temporary name, fsync, rename), never over another file."""
-    settings.inbox.mkdir(parents=True, exist_ok=True)
-    target = settings.inbox / filename
-    counter = 1
-    while target.exists():
-        target = settings.inbox / f"{Path(filename).stem}.{counter}{Path(filename).suffix}"
-        counter += 1
-    atomic_write_bytes(settings.inbox / f".{target.name}.tmp", data)
-    (settings.inbox / f".{target.name}.tmp").rename(target)
-    fsync_dir(settings.inbox)
-    return target
+    return deliver(settings.inbox, f"{data['name']}.yaml", text)
 
 
 def compare(settings: Settings, queries: list[str], out: Path | None) -> Path:

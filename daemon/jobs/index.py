@@ -224,3 +224,35 @@ class OutboxIndex:
     def _write(self, rows: list[list[str]]) -> None:
         atomic_write_bytes(self._outbox / INDEX_HTML, render_html(rows).encode())
         atomic_write_bytes(self._outbox / INDEX_MD, render_md(rows).encode())
+
+
+def job_detail(outbox: Path, document: dict[str, Any]) -> list[str]:
+    """One job: its row, its steps, remote ids, error and metrics."""
+    lines = [*text_table(overview(outbox, [document])), ""]
+    raw_steps = document.get("steps")
+    steps: dict[str, Any] = raw_steps if isinstance(raw_steps, dict) else {}
+    rows = [
+        [
+            name,
+            str(s.get("status")),
+            str(s.get("attempts")),
+            str(s.get("started_at") or ""),
+            str(s.get("duration_s") or ""),
+        ]
+        for name, s in steps.items()
+        if isinstance(s, dict)
+    ]
+    if rows:
+        header = ["step", "status", "attempts", "started", "duration s"]
+        lines += [*text_table(rows, header, frozenset({"attempts", "duration s"})), ""]
+    for key, value in (document.get("remote") or {}).items():
+        lines.append(f"{key}: {value}")
+    error = document.get("error")
+    if isinstance(error, dict):
+        lines.append(f"error in {error.get('step')}: {error.get('type')}: {error.get('message')}")
+    summary = read_json(outbox / str(document.get("job_id")) / SUMMARY_FILE)
+    for alias, scores in ((summary or {}).get("headline") or {}).items():
+        lines.append(f"{alias}: F1 {scores.get('f1')}, EM {scores.get('em')}")
+    if summary and summary.get("cost_usd") is not None:
+        lines.append(f"cost: ${summary['cost_usd']:.2f}")
+    return lines

@@ -46,3 +46,18 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def deliver(inbox: Path, filename: str, data: bytes) -> Path:
+    """Put a spec into the inbox atomically (hidden temporary name, fsync, rename), never over another file."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    target = inbox / filename
+    counter = 1
+    while target.exists():
+        target = inbox / f"{Path(filename).stem}.{counter}{Path(filename).suffix}"
+        counter += 1
+    tmp = inbox / f".{target.name}.tmp"
+    atomic_write_bytes(tmp, data)
+    tmp.rename(target)
+    fsync_dir(inbox)
+    return target

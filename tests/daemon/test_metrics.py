@@ -63,7 +63,8 @@ async def test_chat_requests_done_failed_tokens_and_in_flight(sandbox: SandboxHa
     assert after[f"finetuned_tokens_total{{kind=prompt,provider={live}}}"] > before.get(
         f"finetuned_tokens_total{{kind=prompt,provider={live}}}", 0
     )
-    assert after[f"finetuned_chat_failed_total{{kind=TransientError,provider={dead}}}"] == 1
+    # a refused connection is `Unavailable` (a TransientError: the provider is probed, its items wait)
+    assert after[f"finetuned_chat_failed_total{{kind=Unavailable,provider={dead}}}"] == 1
     assert (
         after[f"finetuned_chat_in_flight{{provider={live}}}"] == 0
         and after[f"finetuned_chat_in_flight{{provider={dead}}}"] == 0
