@@ -52,6 +52,7 @@ class Money:
     eval_price_usd: dict[str, float] = field(default_factory=dict)  # model alias -> price, where known
     endpoint_minutes: float | None = None
     endpoint_usd: float | None = None
+    endpoint_notes: list[str] = field(default_factory=list)  # the release step's own words (handlers/serving.py)
 
     @property
     def total_usd(self) -> float:
@@ -98,6 +99,8 @@ def money(data: ReportData) -> Money:
     minutes = usd_total = 0.0
     released = data.inputs.get("release") or {}  # the dedicated endpoint's minutes and cost (handlers/serving.py)
     dedicated = [released] if released.get("mode") == "dedicated" and "minutes" in released else []
+    if isinstance(note := released.get("note"), str):
+        found.endpoint_notes.append(note)
     entries = [*_endpoint_entries([data.status, data.metrics, *data.inputs.values()]), *dedicated]
     for entry in entries:
         minutes += _number(entry.get("minutes")) or 0.0
@@ -118,7 +121,9 @@ def money_lines(found: Money) -> list[str]:
         price = found.eval_price_usd.get(alias)
         priced = f", {usd(price)}" if price is not None else " (the model's price is not known: not counted)"
         lines.append(f"Evaluation of {alias}: {tokens:,} tokens{priced}.")
-    if found.endpoint_minutes is not None:
+    if found.endpoint_notes:
+        lines += found.endpoint_notes
+    elif found.endpoint_minutes is not None:
         lines.append(f"Endpoints: {found.endpoint_minutes:.1f} minutes, {usd(found.endpoint_usd or 0.0)}.")
     return [*lines, whole_cost(found)]
 

@@ -28,7 +28,7 @@ async def test_predictions_carry_finish_reason_and_tokens_and_truncation_is_coun
     assert "| errors | truncated | missing |" in table and "| m-short | m-short |" in table
     assert f"In-flight limit for `{handle.base_url}` (ceiling 16)" in table
     row = next(line for line in table.splitlines() if line.startswith("| m-short |"))
-    assert row.split(" | ")[6:8] == ["8", "0"]  # truncated, missing
+    assert [cell.strip() for cell in row.split(" | ")[6:8]] == ["8", "0"]  # truncated, missing (right-aligned)
     lines = read_jsonl(ctx.out_dir / "predictions-m-short.jsonl")
     assert len(lines) == 8
     assert {line["finish_reason"] for line in lines} == {"length"}
