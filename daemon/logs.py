@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 import structlog
+import structlog.tracebacks
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
@@ -96,6 +97,11 @@ class LogSetup:
     job_logs: JobLogs
 
 
+# Tracebacks as data, without each frame's local variables: one crashed job's line stays a few KB instead of
+# hundreds (a job context, its spec and settings in every frame), and no local value can carry a secret out.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+
+
 def configure(
     level: str = "info",
     *,
@@ -111,7 +117,7 @@ def configure(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.dict_tracebacks if use_json else structlog.processors.StackInfoRenderer(),
+        _TRACEBACKS if use_json else structlog.processors.StackInfoRenderer(),
         setup.redactor,
         setup.job_logs,
     ]
