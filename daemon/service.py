@@ -23,10 +23,10 @@ from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.jobs.consistency import check_matches_outbox
 from daemon.jobs.index import OutboxIndex, store_outputs
+from daemon.jobs.leftover_endpoints import sweep_endpoints
 from daemon.jobs.runner import Runner
 from daemon.jobs.state import StateStore
 from daemon.jobs.steps import Step
-from daemon.jobs.sweep import sweep_endpoints
 from daemon.logs import JobLogs
 from daemon.metrics import MetricsListener
 from daemon.notify import Webhook, store_specs

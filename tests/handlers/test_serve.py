@@ -13,8 +13,8 @@ import pytest
 from daemon.config import Settings
 from daemon.errors import RemoteJobFailed, RemoteRejected
 from daemon.jobs.context import JobContext, JournalKey
+from daemon.jobs.leftover_endpoints import sweep_endpoints
 from daemon.jobs.state import JobStatus, StateStore
-from daemon.jobs.sweep import sweep_endpoints
 from daemon.remote.api import EndpointRequest
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
