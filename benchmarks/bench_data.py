@@ -79,7 +79,7 @@ def measure(command: list[str], cwd: Path) -> tuple[float, float, float]:
 
 def job_output(spool: Path) -> Path:
     """The train.jsonl the data job wrote, after checking the job completed."""
-    (folder,) = (spool / "outbox").iterdir()
+    (folder,) = (p for p in (spool / "outbox").iterdir() if p.is_dir())  # beside it: the outbox index
     status = json.loads((folder / "status.json").read_text())
     if status["status"] != "completed":
         raise SystemExit(f"the data job ended {status['status']}: {status.get('error')}")
