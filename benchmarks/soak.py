@@ -123,7 +123,8 @@ class Soak:
         """Keep a daemon running; note an exit we did not cause; sample its memory."""
         if self.daemon is not None and self.daemon.poll() is not None:
             self.unexpected_exits.append(self.daemon.returncode)
-            print(f"daemon exited by itself: {self.daemon.returncode}", file=sys.stderr)
+            _, stderr = self.daemon.communicate()
+            print(f"daemon exited by itself: {self.daemon.returncode}: {stderr.decode()[-800:]}", file=sys.stderr)
             self.daemon = None
         if self.daemon is None:
             self.daemon = self.start()

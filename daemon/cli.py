@@ -271,6 +271,8 @@ def read_statuses(outbox: Path) -> list[dict[str, Any]]:
     """Every job's status.json, oldest first."""
     documents = []
     for path in sorted(outbox.glob("*/status.json")):
+        if path.parent.name.startswith("."):
+            continue  # pathlib's `*` matches dot-folders: `.staging-*` ones are not published yet
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

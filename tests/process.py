@@ -119,6 +119,8 @@ def statuses(spool: Path) -> dict[str, dict[str, Any]]:
     """Every job's status.json by job id."""
     found = {}
     for path in (spool / "outbox").glob("*/status.json"):
+        if path.parent.name.startswith("."):
+            continue  # a `.staging-*` folder: not published yet
         try:
             found[path.parent.name] = json.loads(path.read_text())
         except json.JSONDecodeError:

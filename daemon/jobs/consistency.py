@@ -27,6 +27,8 @@ def _outbox_statuses(outbox: Path) -> dict[str, str]:
     """Job id -> status of every outbox folder with a readable status.json (blocking: run it in a thread)."""
     found: dict[str, str] = {}
     for path in outbox.glob(f"*/{STATUS_FILE}"):
+        if path.parent.name.startswith("."):
+            continue  # a folder still being built (`.staging-*`): removed at start-up, never a job
         try:
             document: Any = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

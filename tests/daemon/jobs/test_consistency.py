@@ -39,3 +39,14 @@ async def test_state_db_against_the_outbox(tmp_path: Path) -> None:
             await check_matches_outbox(store, outbox, db)
     finally:
         await store.close()
+
+
+async def test_a_folder_still_being_built_is_not_a_job(tmp_path: Path) -> None:
+    """A `.staging-*` folder a kill left in the outbox (found by the soak) does not stop the start."""
+    outbox, db = tmp_path / "outbox", tmp_path / "state.db"
+    store = await StateStore.open(db)
+    try:
+        publish(outbox, ".staging-spec-1-1234", "queued")
+        await check_matches_outbox(store, outbox, db)
+    finally:
+        await store.close()
