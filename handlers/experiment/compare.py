@@ -18,7 +18,7 @@ from typing import Any
 
 from daemon.money import usd
 from daemon.spool.files import atomic_write_bytes
-from handlers.training.events import loss_curve, read_events
+from handlers.training.curve import training_curve
 
 MODEL = "finetuned"  # the model whose numbers a run is judged by
 
@@ -42,7 +42,7 @@ class Row:
 
 
 def row_from_folder(folder: Path, **row: Any) -> Row:
-    """A run's row from its folder's metrics.json and events.jsonl (absent files leave the numbers empty)."""
+    """A run's row from its folder's metrics.json and training curve (absent files leave the numbers empty)."""
     found = Row(**row)
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
@@ -53,11 +53,9 @@ def row_from_folder(folder: Path, **row: Any) -> Row:
         found.base = {k: models.get("base", {}).get("overall", {}).get(k) for k in ("f1", "em")}
         found.by_turn_depth = tuned.get("by_turn_depth", {})
         found.simulated = bool(metrics.get("simulated"))
-    events_path = folder / "events.jsonl"
-    if events_path.is_file():
-        curve = loss_curve(read_events(events_path))
-        found.final_loss = curve.train[-1][1] if curve.train else None
-        found.final_eval_loss = curve.eval[-1][1] if curve.eval else None
+    curve, _source = training_curve(folder)  # Together's training metrics when saved, else the events
+    found.final_loss = curve.train[-1][1] if curve.train else None
+    found.final_eval_loss = curve.eval[-1][1] if curve.eval else None
     return found
 
 
