@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.sandbox import SandboxHandle, start_sandbox
-from tests.process import daemon_env, only_status, run_daemon, start_daemon, stats, write_coqa
+from tests.process import daemon_env, only_status, run_daemon, sandbox_admin, start_daemon, stats, write_coqa
 
 CHAT = "POST /v1/chat/completions"
 CREATE = "POST /v1/fine-tunes"
@@ -119,5 +119,36 @@ async def test_kill9_mid_sweep_creates_no_variant_twice(spool: Path) -> None:
         assert await created() == 4
         document = json.loads((spool / "outbox" / status["job_id"] / "sweep.json").read_text())
         assert document["completed"] == 4
+    finally:
+        await slow.close()
+
+
+async def test_a_variant_stopped_by_its_rule_is_marked_and_its_sibling_completes(spool: Path) -> None:
+    """The first variant's eval loss rises (scripted): it is stopped and cancelled, marked `stopped` in the
+    comparison; the second variant completes and is the best."""
+    slow = await start_sandbox(speed=100.0, retry_after_s=0.05)
+    try:
+        await sandbox_admin(slow.base_url, "eval-trends", {"eval_loss": "rising", "count": 1})
+        text = (
+            f"name: sweep\ndataset:\n  source: {spool / 'data'}\n  format: coqa\n  validation_size: 2\n"
+            "finetune:\n  model: meta-llama/Meta-Llama-3.1-8B-Instruct-Reference\n  suffix: sw\n  n_evals: 6\n"
+            "  n_epochs: 3\n  stop_when:\n    eval_loss_patience: 2\n"
+            "evaluate:\n  protocol: gold-history\n  models: [base, finetuned]\n  concurrency: 4\n"
+            "sweep:\n  grid:\n    learning_rate: [1.0e-5, 3.0e-5]\n  max_parallel: 1\n"
+        )
+        tmp = spool / "inbox" / ".sweep.yaml.tmp"
+        tmp.write_text(text)
+        os.rename(tmp, spool / "inbox" / "sweep.yaml")
+        code, _, stderr = await run_daemon(daemon_env(spool, slow.base_url), timeout_s=180)
+        assert code == 0, stderr[-3000:]
+        status = only_status(spool)
+        assert status["status"] == "completed", status.get("error")
+        folder = spool / "outbox" / status["job_id"]
+        document = json.loads((folder / "sweep.json").read_text())
+        outcome = {v["name"]: v["status"] for v in document["variants"]}
+        assert outcome == {"learning_rate-1e-05": "stopped", "learning_rate-3e-05": "completed"}
+        assert document["best"] == "learning_rate-3e-05"
+        report = (folder / "report.md").read_text()
+        assert "learning_rate-1e-05 stopped: the eval loss has not improved" in report
     finally:
         await slow.close()

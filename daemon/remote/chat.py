@@ -91,6 +91,7 @@ class RateHints:
     retry_after_s: float | None
     remaining: int | None
     reset_s: float | None
+    limit_per_min: int | None = None
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], *, now_epoch_s: float | None = None) -> RateHints:
@@ -98,10 +99,13 @@ class RateHints:
         `x-ratelimit-remaining[-requests]` / `x-ratelimit-reset[-requests]` (Together: seconds; OpenAI: `6m0s`)."""
         reset = seconds(headers.get("x-ratelimit-reset") or headers.get("x-ratelimit-reset-requests"))
         remaining = seconds(headers.get("x-ratelimit-remaining") or headers.get("x-ratelimit-remaining-requests"))
+        limit = seconds(headers.get("x-ratelimit-limit") or headers.get("x-ratelimit-limit-requests"))
         asked = None
         if "retry-after-ms" in headers or "retry-after" in headers:
             asked = retry_after_s(headers, now_epoch_s=now_epoch_s)
-        return cls(asked, None if remaining is None else int(remaining), reset)
+        return cls(
+            asked, None if remaining is None else int(remaining), reset, int(limit) if limit and limit > 0 else None
+        )
 
     @property
     def wait_s(self) -> float | None:
@@ -270,6 +274,7 @@ class ChatClient:
             provider.limit.succeeded(rtt_s)
             if hints.remaining == 0:
                 provider.limit.cool_down(hints.reset_s)
+            provider.limit.pace(hints.remaining, hints.limit_per_min)
             return _reply(raw, headers)
         error = classify("chat request", status, raw, headers)
         if isinstance(error, TransientError) and error.retry_after_s is None:

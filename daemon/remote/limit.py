@@ -31,6 +31,7 @@ import structlog
 from daemon.remote.backoff import Backoff, Clock, Sleep
 
 log = structlog.get_logger()
+PACE_SLACK = 1.01  # paced sends go out 1 % slower than the provider's refill, so clock skew does not earn a 429
 
 HISTORY_POINTS = 400  # at most this many (elapsed_s, limit) points are kept; older ones are thinned
 LOG_INTERVAL_S = 2.0  # a growing limit is logged at most this often (decreases always)
@@ -74,6 +75,8 @@ class ConcurrencyLimit:
         self._started = clock()
         self._logged_at = -LOG_INTERVAL_S
         self._not_before = 0.0
+        self._interval_s = 0.0  # spacing between sends while the provider's request budget is nearly used up
+        self._next_send = 0.0
         self._generation = 0
         self._probes = Backoff(base_s=self.tuning.probe_base_s, cap_s=self.tuning.probe_cap_s)
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -85,8 +88,9 @@ class ConcurrencyLimit:
         await self._acquire()
         try:
             # Checked after the slot is ours: a request queued before a 429 must not go out during its cooldown.
-            while (pause_s := self._not_before - self._clock()) > 0:
+            while (pause_s := max(self._not_before, self._next_send) - self._clock()) > 0:
                 await self._sleep(pause_s)
+            self._next_send = self._clock() + self._interval_s
             yield self._generation
         finally:
             self.in_flight -= 1
@@ -132,6 +136,21 @@ class ConcurrencyLimit:
             log.warning("provider_unavailable", provider=self.name)
         if self._first_of(generation):
             self.cool_down(max(self._probes.next_delay(), wait_s or 0.0))
+
+    def pace(self, remaining: int | None, limit_per_min: int | None) -> None:
+        """Follow the provider's request budget before it refuses: once what `x-ratelimit-remaining` leaves would
+        not cover the requests in flight, send no faster than its refill (`x-ratelimit-limit` a minute, a little
+        slower); with budget to spare again, stop spacing."""
+        if remaining is None or not limit_per_min:
+            return
+        if remaining <= self.in_flight + 1:
+            interval_s = PACE_SLACK * 60.0 / limit_per_min
+            if interval_s != self._interval_s:
+                self._interval_s = interval_s
+                log.info("rate_paced", provider=self.name, interval_ms=round(interval_s * 1000, 1), remaining=remaining)
+        elif remaining > 2 * (self.in_flight + 1) and self._interval_s:
+            self._interval_s = 0.0
+            log.info("rate_pace_lifted", provider=self.name, remaining=remaining)
 
     def cool_down(self, wait_s: float | None) -> None:
         """Send nothing for `wait_s` seconds (the provider's window is used up, or it is down)."""

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
 from daemon.errors import TransientError
 from daemon.remote.backoff import RetryPolicy
@@ -100,3 +102,23 @@ async def test_queueing_server_at_ceiling_32_keeps_requests_inside_the_timeout()
     assert failures <= 3
     assert limit is not None and 2 <= limit.limit <= 12
     assert handle.sandbox.serving.peak_queue_depth <= 12
+
+
+async def test_a_nearly_spent_request_budget_spaces_sends_at_the_refill_rate_until_it_recovers() -> None:
+    """remaining <= in flight: sends go out one per 60/limit s (1 % slower); with budget to spare, at once again."""
+    limit = ConcurrencyLimit(8, tuning=LimitTuning(initial=8))
+    limit.pace(remaining=0, limit_per_min=1200)  # refill: one request every 50 ms
+    sent: list[float] = []
+
+    async def send() -> None:
+        async with limit.slot():
+            sent.append(time.monotonic())
+
+    await asyncio.gather(*(send() for _ in range(4)))
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert len(gaps) == 3 and min(gaps) >= 0.05 * 1.01 - 0.002
+    limit.pace(remaining=500, limit_per_min=1200)
+    sent.clear()
+    await asyncio.sleep(0.06)  # past the last scheduled send
+    await asyncio.gather(*(send() for _ in range(4)))
+    assert max(sent) - min(sent) < 0.02
