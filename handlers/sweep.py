@@ -41,11 +41,12 @@ class Variant:
     ctx: JobContext
 
 
-def variants(ctx: JobContext) -> list[Variant]:
-    """The sweep's variants, each with a context whose base-model answers are the sweep's."""
+def variants(ctx: JobContext, board: dict[str, dict[str, Any]] | None = None) -> list[Variant]:
+    """The sweep's variants, each with a context whose base-model answers are the sweep's (and whose progress
+    goes on `board`, the sweep's progress)."""
     shared = frozenset({BASE})  # each variant evaluates base too, from the sweep's answers: asked once in all
     return [
-        Variant(name, overrides, ctx.variant(name, spec, shared_groups=shared))
+        Variant(name, overrides, ctx.variant(name, spec, shared_groups=shared, board=board))
         for name, overrides, spec in ctx.spec.variants()
     ]
 
@@ -136,15 +137,23 @@ async def _evaluated(ctx: JobContext, inputs: dict[str, StepOutput], base_done: 
         await _checkpointed(ctx, "release", serve.release, inputs)
 
 
-async def evaluate_base(ctx: JobContext, shared: StepInputs, base_done: asyncio.Event) -> None:
+async def evaluate_base(
+    ctx: JobContext, shared: StepInputs, base_done: asyncio.Event, board: dict[str, dict[str, Any]]
+) -> None:
     """The base model's answers, once for the sweep, into `base/`; variants wait for them (or go on without)."""
     try:
         spec = ctx.spec
         if spec.evaluate is None or BASE not in spec.evaluate.models or ctx.journal.get("base/step:evaluate"):
             return
         only_base = spec.model_copy(update={"evaluate": spec.evaluate.model_copy(update={"models": [BASE]})})
-        base_ctx = ctx.variant(BASE, only_base, shared_groups=frozenset({BASE}), out_dir=ctx.out_dir / BASE)
+        base_ctx = ctx.variant(
+            BASE, only_base, shared_groups=frozenset({BASE}), out_dir=ctx.out_dir / BASE, board=board
+        )
         await _checkpointed(base_ctx, "evaluate", evaluate.run, dict(shared))
+    except Paused:
+        raise
+    except FinetunedError as exc:  # not the sweep's end: each variant asks the base items still missing itself
+        log.warning("base_evaluation_failed", error=str(exc), error_type=type(exc).__name__)
     finally:
         base_done.set()
 
@@ -153,11 +162,12 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     """Run every variant (at most `sweep.max_parallel` at once) and write the comparison."""
     sweep = ctx.spec.sweep
     assert sweep is not None, "the pipeline runs `sweep` only for specs with a sweep section"
-    found = variants(ctx)
+    board: dict[str, dict[str, Any]] = {}
+    found = variants(ctx, board)
     await check_sweep_price(ctx, found, dict(inputs["upload"]))
     base_done, slots = asyncio.Event(), asyncio.Semaphore(sweep.max_parallel)
     async with asyncio.TaskGroup() as group:
-        group.create_task(evaluate_base(ctx, inputs, base_done))
+        group.create_task(evaluate_base(ctx, inputs, base_done, board))
         for variant in found:
             group.create_task(run_variant(variant, inputs, base_done, slots))
     rows = [_row(ctx, variant) for variant in found]

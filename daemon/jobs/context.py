@@ -113,17 +113,28 @@ class JobContext:
         return self.remote
 
     def variant(
-        self, name: str, spec: JobSpec, *, shared_groups: frozenset[str] = frozenset(), out_dir: Path | None = None
+        self,
+        name: str,
+        spec: JobSpec,
+        *,
+        shared_groups: frozenset[str] = frozenset(),
+        out_dir: Path | None = None,
+        board: dict[str, dict[str, Any]] | None = None,
     ) -> JobContext:
         """The context of one variant of a sweep: its own folders, journal and items under this job's, same remote.
 
         Its job id is `<job id>.<name>` (so its fine-tune's tag differs from its siblings'); item groups named in
-        `shared_groups` (the base model's answers) are the sweep's, read and written by every variant alike.
+        `shared_groups` (the base model's answers) are the sweep's, read and written by every variant alike; with a
+        `board`, its progress is published as every variant's latest fields together.
         """
         prefix = f"{name}/"
 
         async def progress(**fields: Any) -> None:
-            await self.progress(variant=name, **fields)
+            if board is None:
+                await self.progress(variant=name, **fields)
+                return
+            board[name] = fields  # the sweep's progress shows every variant's latest, not only the last one's
+            await self.progress(variants=dict(board))
 
         return replace(
             self,
