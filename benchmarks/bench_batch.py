@@ -26,10 +26,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sections import write_section  # noqa: E402
+
 from daemon.sandbox import start_sandbox  # noqa: E402
 from tests.process import daemon_env, run_daemon, spec_text, start_daemon, stats, statuses, write_coqa  # noqa: E402
 
-REPORT = ROOT / "benchmarks" / "BENCHMARKS.md"
 SECTION = "## batch evaluation"
 CHAT, BATCHES = "POST /v1/chat/completions", "POST /v1/batches"
 
@@ -156,17 +157,6 @@ def markdown(r: dict[str, Any]) -> str:
     )
 
 
-def write_section(section: str) -> None:
-    """Replace (or append) the section in BENCHMARKS.md."""
-    text = REPORT.read_text(encoding="utf-8")
-    start = text.find(SECTION)
-    if start == -1:
-        REPORT.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
-        return
-    end = text.find("\n## ", start + 1)
-    REPORT.write_text(text[:start] + section + (text[end + 1 :] if end != -1 else ""), encoding="utf-8")
-
-
 def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -176,7 +166,7 @@ def main() -> None:
     section = markdown(asyncio.run(measure(args.stories)))
     print(section)
     if args.write:
-        write_section(section)
+        write_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from bench_prepare import WORK, child_cookbook, generate  # noqa: E402
+from sections import write_section  # noqa: E402
 
-REPORT = HERE / "BENCHMARKS.md"
 DATA_WORK = WORK.parent / "data"
 
 
@@ -140,17 +140,6 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str) -> None:
-    """Replace (or append) the `## data job` section of BENCHMARKS.md."""
-    text = REPORT.read_text(encoding="utf-8")
-    start = text.find("## data job")
-    if start == -1:
-        REPORT.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
-        return
-    end = text.find("\n## ", start + 1)
-    REPORT.write_text(text[:start] + section + (text[end + 1 :] if end != -1 else ""), encoding="utf-8")
-
-
 def main() -> None:
     """Command line entry point (also the child processes' entry point)."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -167,7 +156,7 @@ def main() -> None:
     section = markdown(run(args.stories, args.repeat))
     print(section)
     if args.write:
-        write_section(section)
+        write_section("## data job", section)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sections import write_section  # noqa: E402
+
 from daemon.remote.backoff import RetryPolicy  # noqa: E402
 from daemon.remote.chat import ChatClient, ChatEndpoint, ChatRequest  # noqa: E402
 
-REPORT = ROOT / "benchmarks" / "BENCHMARKS.md"
 SECTION = "## rate limits"
 CONCURRENCY = 64
 MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
@@ -156,16 +157,6 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = REPORT.read_text(encoding="utf-8")
-    start = text.find(SECTION)
-    if start == -1:
-        REPORT.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
-        return
-    end = text.find("\n## ", start + 1)
-    REPORT.write_text(text[:start] + section + (text[end + 1 :] if end != -1 else ""), encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=900)
@@ -177,7 +168,7 @@ def main() -> None:
     section = markdown(args, rows)
     print(section)
     if args.write:
-        write_section(section)
+        write_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from daemon.logs import JobLogs, LogSetup, configure
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from tests.daemon.sandbox.helpers import API_KEY as SANDBOX_KEY
+from tests.process import write_coqa
 
 
 @pytest.fixture
@@ -81,3 +82,11 @@ async def api(remote_settings: Settings) -> AsyncIterator[TogetherAPI]:
     adapter = TogetherAPI(remote_settings, secrets={"WANDB_TEST_KEY": "wandb-secret-value"})
     yield adapter
     await adapter.close()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    """A spool for the daemon as a subprocess: an inbox, and a tiny CoQA dataset (6 train, 4 validation stories)."""
+    (tmp_path / "inbox").mkdir()
+    write_coqa(tmp_path / "data", n_train=6, n_validation=4)
+    return tmp_path

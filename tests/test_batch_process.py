@@ -11,17 +11,10 @@ from pathlib import Path
 import pytest
 
 from daemon.sandbox import start_sandbox
-from tests.process import daemon_env, run_daemon, spec_text, start_daemon, stats, statuses, write_coqa
+from tests.process import daemon_env, run_daemon, spec_text, start_daemon, stats, statuses
 
 BATCHES = "POST /v1/batches"
 CHAT = "POST /v1/chat/completions"
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    (tmp_path / "inbox").mkdir()
-    write_coqa(tmp_path / "data", n_train=6, n_validation=4)
-    return tmp_path
 
 
 def drop(spool: Path, name: str, *, mode: str, protocol: str = "gold-history") -> None:

@@ -6,13 +6,10 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from daemon.sandbox import SandboxHandle, start_sandbox
-from tests.process import daemon_env, only_status, run_daemon, sandbox_admin, start_daemon, stats, write_coqa
+from tests.process import daemon_env, only_status, run_daemon, sandbox_admin, start_daemon, stats
 
 CHAT = "POST /v1/chat/completions"
 CREATE = "POST /v1/fine-tunes"
@@ -25,20 +22,6 @@ sweep:
   max_parallel: 2
   max_price_usd: {cap}
 """
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    (tmp_path / "inbox").mkdir()
-    write_coqa(tmp_path / "data", n_train=6, n_validation=3)
-    return tmp_path
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxHandle]:
-    handle = await start_sandbox(speed=2000.0, retry_after_s=0.05)
-    yield handle
-    await handle.close()
 
 
 def sweep_spec(spool: Path, *, cap: float = 50.0) -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from daemon.remote.api import RemoteBatch
-from daemon.remote.endpoints import Caller, _json, rows
+from daemon.remote.endpoints import RawWire, rows
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 
@@ -21,19 +19,8 @@ def _job(body: Any) -> RemoteBatch:
     return RemoteBatch.from_json(job if isinstance(job, dict) else {})
 
 
-class BatchWire:
-    """The batch operations; `call(what, thunk)` is the adapter's deadline and error mapping."""
-
-    def __init__(self, client: Any, call: Caller[Any]) -> None:
-        self._client = client
-        self._call = call
-
-    async def _request(self, what: str, method: str, path: str, **options: Any) -> Any:
-        async def send() -> httpx.Response:
-            response: httpx.Response = await getattr(self._client, method)(path, cast_to=httpx.Response, **options)
-            return response
-
-        return _json(await self._call(what, send))
+class BatchWire(RawWire):
+    """The batch operations."""
 
     async def create(self, input_file_id: str) -> RemoteBatch:
         """Submit the uploaded requests as one batch (24 h window): sent once, the caller journals and adopts."""

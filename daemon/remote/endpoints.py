@@ -63,8 +63,9 @@ def is_not_serverless(error: RemoteRejected) -> bool:
     )
 
 
-class EndpointWire:
-    """The endpoint and hardware operations; `call(what, thunk)` is the adapter's deadline and error mapping."""
+class RawWire:
+    """Operations the SDK's typed methods do not cover (or cover otherwise): raw requests through its client;
+    `call(what, thunk)` is the adapter's deadline and error mapping."""
 
     def __init__(self, client: Any, call: Caller[Any]) -> None:
         self._client = client
@@ -76,6 +77,10 @@ class EndpointWire:
             return response
 
         return _json(await self._call(what, send))
+
+
+class EndpointWire(RawWire):
+    """The endpoint and hardware operations."""
 
     async def model_ids(self) -> set[str]:
         """The ids of the models Together lists as served (`GET /v1/models`, a bare list or `{"data": [...]}`)."""

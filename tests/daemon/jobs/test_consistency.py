@@ -47,6 +47,9 @@ async def test_a_folder_still_being_built_is_not_a_job(tmp_path: Path) -> None:
     store = await StateStore.open(db)
     try:
         publish(outbox, ".staging-spec-1-1234", "queued")
-        await check_matches_outbox(store, outbox, db)
+        await check_matches_outbox(store, outbox, db)  # passes: a dot-folder is not a job
+        publish(outbox, "spec-2-5678", "completed")
+        with pytest.raises(StartupError):  # while a real job folder unknown to the database still stops it
+            await check_matches_outbox(store, outbox, db)
     finally:
         await store.close()
