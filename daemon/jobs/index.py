@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.money import usd
-from daemon.spool.files import atomic_write_bytes
+from daemon.spool.files import atomic_write_bytes, read_json
 
 if TYPE_CHECKING:
     from daemon.jobs.state import StateStore
@@ -32,15 +31,6 @@ REPORTED_ENDS = ("completed", "failed", "cancelled")
 # What writing a view (the index, a report) may raise from bad or missing files; logged, never raised to the runner.
 VIEW_ERRORS = (OSError, ValueError, LookupError, TypeError, AttributeError, ArithmeticError, RuntimeError)
 OutputsReader = Callable[[str], Awaitable[Mapping[str, Mapping[str, Any]]]]
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file, or None."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def progress_text(progress: Any) -> str:

@@ -1,4 +1,5 @@
-"""Crash-atomic file writes for everything users read (outbox files, status.json): temp file, fsync, rename."""
+"""Crash-atomic file writes for everything users read (outbox files, status.json): temp file, fsync, rename; and
+the forgiving JSON read of such files."""
 
 from __future__ import annotations
 
@@ -61,3 +62,12 @@ def deliver(inbox: Path, filename: str, data: bytes) -> Path:
     tmp.rename(target)
     fsync_dir(inbox)
     return target
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

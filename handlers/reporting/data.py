@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.jobs.context import REMOTE_ID_KEYS, JournalKey
+from daemon.spool.files import read_json
 from handlers.reporting.analysis import ModelAnalysis, analyse, turns_from_lines
 from handlers.training.curve import read_checkpoints, training_curve
 from handlers.training.events import LossCurve
@@ -54,15 +55,6 @@ def first_model(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     models = (metrics or {}).get("models")
     first = next(iter(models.values()), None) if isinstance(models, dict) else None
     return first if isinstance(first, dict) else {}
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file, or None when it is missing or not an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
