@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.sandbox import start_sandbox
-from tests.process import daemon_env, run_daemon, spec_text, start_daemon, stats, statuses
+from tests.process import daemon_env, run_cli, run_daemon, sandbox_admin, spec_text, start_daemon, stats, statuses
 
 BATCHES = "POST /v1/batches"
 CHAT = "POST /v1/chat/completions"
@@ -80,5 +80,27 @@ async def test_kill9_while_the_batch_runs_submits_no_second_batch(spool: Path) -
         ((_, status),) = statuses(spool).items()
         assert status["status"] == "completed", status.get("error")
         assert (await stats(sandbox.base_url))[BATCHES] == 1
+    finally:
+        await sandbox.close()
+
+
+async def test_a_failed_batch_fails_the_job_clearly_and_retry_sends_a_new_one(spool: Path) -> None:
+    """A batch that fails as a whole fails the step with Together's words; `finetuned retry` submits the missing
+    items in a new batch (the failed one is settled, not adopted again) and the job completes."""
+    sandbox = await start_sandbox(speed=5000.0, retry_after_s=0.05)
+    try:
+        await sandbox_admin(sandbox.base_url, "batch-outcomes", {"outcome": "failed", "at": 0.0, "count": 1})
+        env = daemon_env(spool, sandbox.base_url)
+        drop(spool, "bulk", mode="batch")
+        assert (await run_daemon(env, timeout_s=120))[0] == 0
+        ((job_id, status),) = statuses(spool).items()
+        assert status["status"] == "failed" and status["error"]["step"] == "evaluate"
+        assert "batch" in status["error"]["message"] and "failed" in status["error"]["message"]
+        args = ["--inbox", str(spool / "inbox"), "--outbox", str(spool / "outbox"), "--state-dir", str(spool / "state")]
+        assert (await run_cli(env, "retry", job_id, *args))[0] == 0
+        code, _, stderr = await run_daemon(env, timeout_s=120)
+        assert code == 0, stderr[-3000:]
+        assert statuses(spool)[job_id]["status"] == "completed", statuses(spool)[job_id].get("error")
+        assert (await stats(sandbox.base_url))[BATCHES] == 2
     finally:
         await sandbox.close()

@@ -137,14 +137,15 @@ class BatchRounds:
 
     async def _round(self, number: int, deadline_s: float) -> None:
         journal = self.session.ctx.journal
-        adopted = 0
-        while journal.get(f"batch.{number}.{adopted}.file"):  # submitted before a restart: adopt, never resend
-            adopted += 1
-        ended = await self._all(number, [(chunk, None) for chunk in range(adopted)], deadline_s)
+        made = 0
+        while journal.get(f"batch.{number}.{made}.file"):  # submitted before a restart: adopt, never resend
+            made += 1
+        unsettled = [chunk for chunk in range(made) if not journal.get(f"batch.{number}.{chunk}.ended")]
+        ended = await self._all(number, [(chunk, None) for chunk in unsettled], deadline_s)
         if not all(ended):
             return  # an adopted batch still runs at the deadline: its items must not go out a second time
         lines = [request_line(self.session, p) for p in askable(self.session, self.targets, self.stories)]
-        await self._all(number, [(adopted + i, part) for i, part in enumerate(chunks(lines))], deadline_s)
+        await self._all(number, [(made + i, part) for i, part in enumerate(chunks(lines))], deadline_s)
 
     async def _all(self, number: int, parts: list[tuple[int, list[bytes] | None]], deadline_s: float) -> list[bool]:
         """Finish these batches concurrently; the first failure (not a group of them) is the step's."""
@@ -157,13 +158,19 @@ class BatchRounds:
 
     async def _finish(self, number: int, chunk: int, lines: list[bytes] | None, deadline_s: float) -> bool:
         """Submit (or adopt) one batch, wait for it to end, and save what it answered; False if it still runs."""
-        batch = await self._submitted(f"batch.{number}.{chunk}", BATCH_FILE.format(round=number, chunk=chunk), lines)
+        prefix = f"batch.{number}.{chunk}"
+        batch = await self._submitted(prefix, BATCH_FILE.format(round=number, chunk=chunk), lines)
         if batch is None:
             return True
         batch = await self._wait(batch, deadline_s)
-        if batch.ended:
-            await self._save_results(batch)
-        return batch.ended
+        if not batch.ended:
+            return False
+        failure = await self._save_results(batch)
+        # Settled: its results are saved, so a restart or `finetuned retry` asks what it left missing anew.
+        await self.session.ctx.journal.record(f"{prefix}.ended", batch.status)
+        if failure is not None:
+            raise RemoteRejected(failure)
+        return True
 
     async def _submitted(self, prefix: str, filename: str, lines: list[bytes] | None) -> RemoteBatch | None:
         journal, remote = self.session.ctx.journal, self.remote
@@ -214,8 +221,8 @@ class BatchRounds:
                 log.info("batch_status", batch_id=batch.id, status=status, progress=batch.progress)
         return batch
 
-    async def _save_results(self, batch: RemoteBatch) -> None:
-        """Save every answered and every refused line; a batch that failed as a whole says why."""
+    async def _save_results(self, batch: RemoteBatch) -> str | None:
+        """Save every answered and every refused line; for a batch that failed as a whole, say why."""
         answered = await self._lines(batch.output_file_id)
         refused = await self._lines(batch.error_file_id)
         for line in answered:
@@ -224,7 +231,8 @@ class BatchRounds:
             await self._save(line.get("custom_id"), self._refusal(line))
         log.info("batch_saved", batch_id=batch.id, status=batch.status, answered=len(answered), refused=len(refused))
         if batch.status == "FAILED" and not answered:
-            raise RemoteRejected(f"Together batch {batch.id} failed: {self.session.client.scrub(batch.error or '')}")
+            return f"Together batch {batch.id} failed: {self.session.client.scrub(batch.error or '')}"
+        return None
 
     async def _lines(self, file_id: str | None) -> list[dict[str, Any]]:
         if not file_id:
