@@ -31,7 +31,7 @@ class ExperimentError(Exception):
 
 def job_folder(settings: Settings, query: str) -> Path:
     """The outbox folder of the one job whose id is `query` or starts with it."""
-    folders = [p for p in sorted(settings.outbox.glob("*/status.json"))]
+    folders = [p for p in sorted(settings.outbox.glob("*/status.json")) if not p.parent.name.startswith(".")]
     exact = [p.parent for p in folders if p.parent.name == query]
     found = exact or [p.parent for p in folders if p.parent.name.startswith(query)]
     if not found:

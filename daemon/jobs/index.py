@@ -195,6 +195,8 @@ class OutboxIndex:
     def _load(self) -> dict[str, dict[str, Any]]:
         found = {}
         for path in self._outbox.glob("*/status.json"):
+            if path.parent.name.startswith("."):  # an outbox folder still being built, not a job
+                continue
             document = read_json(path)
             if document is not None:
                 found[str(document.get("job_id") or path.parent.name)] = document

@@ -90,7 +90,9 @@ def drop(settings: Settings, name: str, content: bytes | None = None) -> Path:
 
 
 def statuses(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {p.parent.name: json.loads(p.read_text()) for p in settings.outbox.glob("*/status.json")}
+    # Dot-folders are outbox folders still being built (pathlib's * matches them): not jobs, and gone any moment.
+    paths = [p for p in settings.outbox.glob("*/status.json") if not p.parent.name.startswith(".")]
+    return {p.parent.name: json.loads(p.read_text()) for p in paths}
 
 
 async def run_once(settings: Settings, job_logs: JobLogs) -> int:
