@@ -68,7 +68,8 @@ def hostile(n: int, earlier: list[tuple[bytes, bytes]], rng: random.Random) -> t
         "nonutf8": (f"odd-{n}-".encode() + b"\xff\xfe.yaml", good_spec(f"odd-{n}", finetune=False)),
         "long": ((f"long-{n}-" + "x" * 225 + ".yaml").encode(), good_spec(f"long-{n}", finetune=False)),
         "deep": (f"deep-{n}.yaml".encode(), mark + b"[" * 50_000),
-        "empty": (f"empty-{n}.yaml".encode(), b" " * (n % 997 + 1)),  # blank: "the file is empty"
+        # blank ("the file is empty"), and unique: the checks tell inputs apart by content (found by a 40-min run)
+        "empty": (f"empty-{n}.yaml".encode(), b" " * (n % 997 + 1) + b"\n" * (n // 997)),
         "broken": (f"broken-{n}.yaml".encode(), b"name: [unclosed\n" + mark),
     }
     if good:

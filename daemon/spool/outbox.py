@@ -78,13 +78,13 @@ def keep_duplicate(outbox: Path, job_id: str, original: Path) -> Path:
 
 def remove_leftovers(outbox: Path) -> list[str]:
     """Remove what a kill or a full disk can leave half-made: outbox folders being built (`.staging-*`) and the
-    temp files of atomic writes (`.<name>.<pid>.tmp`) in job folders; returns what was removed (at start-up only:
-    a running daemon's own writes are never touched)."""
+    temp files of atomic writes (`.<name>.<pid>.tmp`) in the outbox (the index) and its job folders; returns what
+    was removed (at start-up only: a running daemon's own writes are never touched)."""
     removed = []
     for staging in outbox.glob(".staging-*"):
         shutil.rmtree(staging, ignore_errors=True)
         removed.append(staging.name)
-    for pattern in ("*/.*.tmp", "*/*/.*.tmp"):
+    for pattern in (".*.tmp", "*/.*.tmp", "*/*/.*.tmp", "*/*/*/.*.tmp"):  # the index; job, base and variant folders
         for tmp in outbox.glob(pattern):
             if TEMP_FILE.match(tmp.name):
                 tmp.unlink(missing_ok=True)
