@@ -4,11 +4,15 @@ A sandbox in its own process meters chat like a provider (`--rate-limit-rpm`, a 
 full at the start and refilled continuously; honest `x-ratelimit-limit/remaining/reset` and `Retry-After`) and
 answers after `--latency-ms`. The same N requests go out at concurrency 64 twice:
 - `finetuned`: the daemon's ChatClient (adaptive in-flight limit, pacing from the rate-limit headers);
-- `plain`: a fixed-concurrency aiohttp loop that retries a 429 after its Retry-After (the obvious client).
+- `plain`: a fixed-concurrency aiohttp loop that retries a 429 after its Retry-After (the obvious client);
+- `two-jobs`: the same N split between two ChatClients at once (two jobs evaluating in one daemon) on one
+  key, pacing from the provider's one shared budget;
+- `two-jobs-own-budgets`: the same, but each client on its own key (the sandbox meters all keys as
+  one account), so each paces from its own budget: what the client did before the budget was shared.
 Reported per client: wall time against the fastest the limit allows (`(N - bucket) / (rpm / 60)`), i.e. the share
 of the allowed rate reached, and the share of requests the sandbox refused with 429.
 
-    python benchmarks/bench_ratelimit.py [--requests 900] [--rpm 600] [--latency-ms 300] [--write]
+    python benchmarks/bench_ratelimit.py [--requests 900] [--rpm 600] [--latency-ms 300] [--clients a,b] [--write]
 """
 
 from __future__ import annotations
@@ -76,12 +80,25 @@ def request(n: int) -> ChatRequest:
     )
 
 
-async def ours(url: str, count: int) -> None:
-    """The daemon's client, as evaluate configures it (retries until the answer comes)."""
+CLIENTS = {  # name -> the keys of the jobs it runs at once (None: the plain loop)
+    "finetuned": ["bench-key"],
+    "plain": None,
+    "two-jobs": ["bench-key", "bench-key"],
+    "two-jobs-own-budgets": ["bench-key-1", "bench-key-2"],
+}
+
+
+async def ours(url: str, count: int, keys: list[str]) -> None:
+    """The daemon's client, as evaluate configures it (retries until the answer comes): one ChatClient per key,
+    the requests split between them, all at once."""
     policy = RetryPolicy(attempts=1000, base_s=0.5, cap_s=30.0, max_total_s=3600.0)
-    async with ChatClient(concurrency=CONCURRENCY, request_timeout_s=60.0, retry_policy=policy) as client:
-        endpoint = ChatEndpoint(f"{url}/v1/chat/completions", "bench-key")
-        await asyncio.gather(*(client.complete(endpoint, request(n)) for n in range(count)))
+
+    async def job(key: str, numbers: range) -> None:
+        async with ChatClient(concurrency=CONCURRENCY, request_timeout_s=60.0, retry_policy=policy) as client:
+            endpoint = ChatEndpoint(f"{url}/v1/chat/completions", key)
+            await asyncio.gather(*(client.complete(endpoint, request(n)) for n in numbers))
+
+    await asyncio.gather(*(job(key, range(i, count, len(keys))) for i, key in enumerate(keys)))
 
 
 async def plain(url: str, count: int) -> None:
@@ -110,7 +127,8 @@ def measure(args: argparse.Namespace, client: str) -> dict[str, Any]:
     process, url = sandbox(args)
     try:
         started = time.perf_counter()
-        asyncio.run((ours if client == "finetuned" else plain)(url, args.requests))
+        keys = CLIENTS[client]
+        asyncio.run(plain(url, args.requests) if keys is None else ours(url, args.requests, keys))
         wall_s = time.perf_counter() - started
         admitted, refused_count = refused(url)
     finally:
@@ -134,9 +152,9 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         "",
         f"`benchmarks/bench_ratelimit.py --requests {args.requests} --rpm {args.rpm} --latency-ms {args.latency_ms}` "
         f"on {platform.machine()} ({os.cpu_count()} cores) / Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}: {args.requests} chat requests at concurrency {CONCURRENCY} against a sandbox "
-        f"process limited to {args.rpm} requests a minute (a bucket of one minute's requests, full at the start, "
-        f"refilled continuously) answering after {args.latency_ms} ms. The fastest the limit allows: "
+        f"{time.strftime('%Y-%m-%d')}: {args.requests} chat requests at concurrency {CONCURRENCY} (a job) against "
+        f"a sandbox process limited to {args.rpm} requests a minute (a bucket of one minute's requests, full at the "
+        f"start, refilled continuously) answering after {args.latency_ms} ms. The fastest the limit allows: "
         f"{rows[0]['ideal_s']:.1f} s (the first {args.rpm} at once, then {args.rpm / 60:g} a second).",
         "",
         "| client | wall s | share of the allowed rate | requests sent | answered 429 |",
@@ -151,7 +169,10 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         "",
         "`finetuned` = the daemon's ChatClient (adaptive in-flight limit; once `x-ratelimit-remaining` would not "
         "cover the requests in flight it spaces sends at the refill rate from `x-ratelimit-limit`, 1 % slower). "
-        "`plain` = a fixed 64 in flight, each 429 retried after its `Retry-After`.",
+        "`plain` = a fixed 64 in flight, each 429 retried after its `Retry-After`. `two-jobs` = the same requests "
+        "split between two of the daemon's clients at once (two jobs in one daemon) on one key, so one shared "
+        "budget; `two-jobs-own-budgets` = the same, each on its own key, so a budget per job as before (the "
+        "sandbox meters every key as one account, as a provider meters one organisation's keys).",
         "",
     ]
     return "\n".join(lines)
@@ -162,9 +183,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=900)
     parser.add_argument("--rpm", type=int, default=600)
     parser.add_argument("--latency-ms", type=int, default=300)
+    parser.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, of: {', '.join(CLIENTS)}")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    rows = [measure(args, client) for client in ("finetuned", "plain")]
+    clients = [name.strip() for name in args.clients.split(",")]
+    if unknown := [name for name in clients if name not in CLIENTS]:
+        parser.error(f"unknown clients {unknown}; known: {', '.join(CLIENTS)}")
+    rows = [measure(args, client) for client in clients]
     section = markdown(args, rows)
     print(section)
     if args.write:

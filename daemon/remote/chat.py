@@ -21,6 +21,7 @@ from daemon import metrics
 from daemon.errors import FinetunedError, TransientError, Unavailable
 from daemon.logs import Redactor
 from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
+from daemon.remote.budget import Window, shared_budget
 from daemon.remote.classify import classify, is_quota, retry_after_s, seconds
 from daemon.remote.limit import ConcurrencyLimit, LimitTuning
 
@@ -86,26 +87,30 @@ class ChatReply:
 
 @dataclass(frozen=True)
 class RateHints:
-    """What a response's headers say about rate limits: when to retry, and whether the window is used up."""
+    """What a response's headers say about rate limits: when to retry, and how much of each window is left."""
 
     retry_after_s: float | None
     remaining: int | None
     reset_s: float | None
     limit_per_min: int | None = None
+    tokens: Window | None = None
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], *, now_epoch_s: float | None = None) -> RateHints:
-        """Read the wait the server asks for (see daemon.remote.classify.retry_after_s), and
-        `x-ratelimit-remaining[-requests]` / `x-ratelimit-reset[-requests]` (Together: seconds; OpenAI: `6m0s`)."""
+        """Read the wait the server asks for (see daemon.remote.classify.retry_after_s),
+        `x-ratelimit-remaining[-requests]` / `x-ratelimit-limit[-requests]` / `x-ratelimit-reset[-requests]`
+        (Together: seconds; OpenAI: `6m0s`), and the token window: Together's `x-tokenlimit-remaining/limit`,
+        OpenAI's `x-ratelimit-remaining/limit-tokens`."""
         reset = seconds(headers.get("x-ratelimit-reset") or headers.get("x-ratelimit-reset-requests"))
-        remaining = seconds(headers.get("x-ratelimit-remaining") or headers.get("x-ratelimit-remaining-requests"))
-        limit = seconds(headers.get("x-ratelimit-limit") or headers.get("x-ratelimit-limit-requests"))
+        remaining = _count(headers, "x-ratelimit-remaining", "x-ratelimit-remaining-requests")
+        limit = _count(headers, "x-ratelimit-limit", "x-ratelimit-limit-requests")
+        tokens_left = _count(headers, "x-tokenlimit-remaining", "x-ratelimit-remaining-tokens")
+        tokens_limit = _count(headers, "x-tokenlimit-limit", "x-ratelimit-limit-tokens")
         asked = None
         if "retry-after-ms" in headers or "retry-after" in headers:
             asked = retry_after_s(headers, now_epoch_s=now_epoch_s)
-        return cls(
-            asked, None if remaining is None else int(remaining), reset, int(limit) if limit and limit > 0 else None
-        )
+        tokens = Window(tokens_left, tokens_limit or None) if tokens_left is not None and tokens_limit else None
+        return cls(asked, remaining, reset, limit or None, tokens)
 
     @property
     def wait_s(self) -> float | None:
@@ -199,7 +204,7 @@ class ChatClient:
 
         The retry time cap counts time on the wire and in backoff, not time spent queueing for a slot.
         """
-        provider = self._provider(endpoint.url)
+        provider = self._provider(endpoint.url, endpoint.api_key)
         self._redactor.add(endpoint.api_key)
         queued_s = 0.0
         attempts = 0
@@ -229,13 +234,21 @@ class ChatClient:
             reply.content, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, reply.simulated, attempts
         )
 
-    def _provider(self, url: str) -> _Provider:
+    def _provider(self, url: str, api_key: str | None = None) -> _Provider:
+        """The session and limit of `url` (made on first use); its rate budget is the one every client of this
+        process shares for that origin and key."""
         provider = self._providers.get(url)
         if provider is None:
             connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency)
             session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
+            budget = shared_budget(url, api_key, clock=self._clock, sleep=self._sleep)
             limit = ConcurrencyLimit(
-                self.concurrency, name=_origin(url), tuning=self.tuning, clock=self._clock, sleep=self._sleep
+                self.concurrency,
+                name=_origin(url),
+                tuning=self.tuning,
+                budget=budget,
+                clock=self._clock,
+                sleep=self._sleep,
             )
             provider = _Provider(session, limit)
             self._providers[url] = provider
@@ -272,10 +285,12 @@ class ChatClient:
         hints = RateHints.parse(headers)
         if status == 200:
             provider.limit.succeeded(rtt_s)
+            reply = _reply(raw, headers)
             if hints.remaining == 0:
                 provider.limit.cool_down(hints.reset_s)
-            provider.limit.pace(hints.remaining, hints.limit_per_min)
-            return _reply(raw, headers)
+            spent = reply.prompt_tokens + reply.completion_tokens
+            provider.limit.pace(hints.remaining, hints.limit_per_min, tokens=hints.tokens, spent_tokens=spent)
+            return reply
         error = classify("chat request", status, raw, headers)
         if isinstance(error, TransientError) and error.retry_after_s is None:
             error.retry_after_s = hints.wait_s
@@ -332,6 +347,14 @@ def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         simulated=SIMULATED_HEADER in headers,
     )
+
+
+def _count(headers: Mapping[str, str], *names: str) -> int | None:
+    """The first of `names` present, as a whole count (None when absent or unreadable)."""
+    for name in names:
+        if (value := seconds(headers.get(name))) is not None:
+            return int(value)
+    return None
 
 
 def _origin(url: str) -> str:

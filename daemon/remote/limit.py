@@ -11,6 +11,8 @@ GradientLimit/Gradient2 and TCP Vegas), by its 429s and timeouts, and by its hea
   under the old limit do not lower it again); a 429's Retry-After holds every request for that long.
 * A provider that answers nothing (connection refused, 503 loading/overloaded) is `down`: one request at a time
   is let through as a probe, after a growing delay (full-jitter backoff), until any answer comes back.
+* The rate the provider allows (its rate-limit headers, a 429's wait) is not this limit's: it is the provider's
+  `RateBudget` (daemon.remote.budget), which every client sending there with the same key shares.
 
 The limit starts at `initial` and never exceeds `maximum` (the spec's `concurrency`). Its changes are logged
 (`concurrency_limit`) and kept in `history` for the report.
@@ -29,9 +31,9 @@ from dataclasses import dataclass
 import structlog
 
 from daemon.remote.backoff import Backoff, Clock, Sleep
+from daemon.remote.budget import RateBudget, Window
 
 log = structlog.get_logger()
-PACE_SLACK = 1.01  # paced sends go out 1 % slower than the provider's refill, so clock skew does not earn a 429
 
 HISTORY_POINTS = 400  # at most this many (elapsed_s, limit) points are kept; older ones are thinned
 LOG_INTERVAL_S = 2.0  # a growing limit is logged at most this often (decreases always)
@@ -59,10 +61,12 @@ class ConcurrencyLimit:
         *,
         name: str = "",
         tuning: LimitTuning | None = None,
+        budget: RateBudget | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.tuning = tuning or LimitTuning()
+        self.budget = budget or RateBudget(name, clock=clock, sleep=sleep)
         self.name = name
         self.maximum = maximum
         self.limit = float(min(maximum, max(self.tuning.minimum, self.tuning.initial)))
@@ -74,9 +78,6 @@ class ConcurrencyLimit:
         self._sleep = sleep
         self._started = clock()
         self._logged_at = -LOG_INTERVAL_S
-        self._not_before = 0.0
-        self._interval_s = 0.0  # spacing between sends while the provider's request budget is nearly used up
-        self._next_send = 0.0
         self._generation = 0
         self._probes = Backoff(base_s=self.tuning.probe_base_s, cap_s=self.tuning.probe_cap_s)
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -87,11 +88,12 @@ class ConcurrencyLimit:
         """Hold one slot; yields the generation the request is sent in (for `dropped`/`throttled`/`unavailable`)."""
         await self._acquire()
         try:
-            # Checked after the slot is ours: a request queued before a 429 must not go out during its cooldown.
-            while (pause_s := max(self._not_before, self._next_send) - self._clock()) > 0:
-                await self._sleep(pause_s)
-            self._next_send = self._clock() + self._interval_s
-            yield self._generation
+            # After the slot is ours: a request queued before a 429 must not go out during its cooldown.
+            await self.budget.turn()
+            try:
+                yield self._generation
+            finally:
+                self.budget.returned()
         finally:
             self.in_flight -= 1
             self._wake()
@@ -137,25 +139,21 @@ class ConcurrencyLimit:
         if self._first_of(generation):
             self.cool_down(max(self._probes.next_delay(), wait_s or 0.0))
 
-    def pace(self, remaining: int | None, limit_per_min: int | None) -> None:
-        """Follow the provider's request budget before it refuses: once what `x-ratelimit-remaining` leaves would
-        not cover the requests in flight, send no faster than its refill (`x-ratelimit-limit` a minute, a little
-        slower); with budget to spare again, stop spacing."""
-        if remaining is None or not limit_per_min:
-            return
-        if remaining <= self.in_flight + 1:
-            interval_s = PACE_SLACK * 60.0 / limit_per_min
-            if interval_s != self._interval_s:
-                self._interval_s = interval_s
-                log.info("rate_paced", provider=self.name, interval_ms=round(interval_s * 1000, 1), remaining=remaining)
-        elif remaining > 2 * (self.in_flight + 1) and self._interval_s:
-            self._interval_s = 0.0
-            log.info("rate_pace_lifted", provider=self.name, remaining=remaining)
+    def pace(
+        self,
+        remaining: int | None,
+        limit_per_min: int | None,
+        *,
+        tokens: Window | None = None,
+        spent_tokens: int | None = None,
+    ) -> None:
+        """Follow the provider's budget before it refuses (see RateBudget.learn): once `x-ratelimit-remaining` would
+        not cover the requests in flight, sends go no faster than its refill; with budget to spare, unspaced."""
+        self.budget.learn(Window(remaining, limit_per_min), tokens, spent_tokens=spent_tokens)
 
     def cool_down(self, wait_s: float | None) -> None:
-        """Send nothing for `wait_s` seconds (the provider's window is used up, or it is down)."""
-        if wait_s is not None and wait_s > 0:
-            self._not_before = max(self._not_before, self._clock() + wait_s)
+        """Send nothing to this provider for `wait_s` seconds (its window is used up, or it is down)."""
+        self.budget.cool_down(wait_s)
 
     def summary(self) -> dict[str, object]:
         """The limit's story for metrics.json and the report."""
@@ -166,6 +164,7 @@ class ConcurrencyLimit:
             "min": min(values),
             "max": max(values),
             "floor_ms": round(self.floor_s * 1000, 1) if self.floor_s is not None else None,
+            "rate": self.budget.summary(),
             "history": [[round(t, 2), limit] for t, limit in self.history],
         }
 

@@ -1,0 +1,146 @@
+"""A provider's rate budget, shared by every chat client of this process that sends to it with the same key.
+
+A provider meters requests and tokens per minute per account, not per job: two jobs evaluating against Together
+with one key draw on one budget, so they must also pace from one. `shared_budget(url, api_key)` returns the one
+`RateBudget` of that provider origin and key (held while any client uses it; the key is kept only as a digest).
+
+What the budget knows comes from the answers' headers (see daemon.remote.chat.RateHints):
+* a 429's `Retry-After` (or an answer with nothing remaining and `x-ratelimit-reset`) holds every send for that long;
+* once `x-ratelimit-remaining` would not cover the requests in flight or waiting to go (of every client), sends
+  go out no faster than the refill (`x-ratelimit-limit` a minute, `PACE_SLACK` slower), and stop being spaced once
+  the budget has twice that again;
+* the same for tokens (`x-tokenlimit-*`, Together; `x-ratelimit-*-tokens`, OpenAI), spacing by the tokens a
+  request has cost so far (prompt and answer, smoothed).
+
+The in-flight limit (daemon.remote.limit.ConcurrencyLimit) stays per client: it follows the latency its own
+requests see. Only the rate, which the provider counts per account, is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import weakref
+from dataclasses import dataclass
+
+import structlog
+from yarl import URL
+
+from daemon.remote.backoff import Clock, Sleep
+
+log = structlog.get_logger()
+PACE_SLACK = 1.01  # paced sends go out 1 % slower than the provider's refill, so clock skew does not earn a 429
+TOKEN_SMOOTHING = 0.2  # weight of the newest answer in the tokens-per-request estimate
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one answer says of one metered quantity: how much is left, of how much a minute."""
+
+    remaining: int | None
+    limit_per_min: int | None
+
+
+class RateBudget:
+    """The request and token budget of one provider and key (see the module docstring)."""
+
+    def __init__(self, name: str = "", *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self.name = name
+        self.in_flight = 0
+        self.tokens_per_request: float | None = None
+        self.paced_sends = 0
+        self.cooldowns = 0
+        self.users = 0  # clients that have drawn on it
+        self._clock = clock
+        self._sleep = sleep
+        self._not_before = 0.0
+        self._request_interval_s = 0.0
+        self._token_interval_s = 0.0
+        self._next_send = 0.0
+
+    @property
+    def interval_s(self) -> float:
+        """The spacing between sends now (0: none)."""
+        return max(self._request_interval_s, self._token_interval_s)
+
+    async def turn(self) -> None:
+        """Wait until this provider may be sent the next request. The request counts in flight from the call (a
+        request waiting for its turn will go out, so the budget must cover it too) until `returned`."""
+        self.in_flight += 1
+        try:
+            while (pause_s := max(self._not_before, self._next_send) - self._clock()) > 0:
+                await self._sleep(pause_s)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        interval_s = self.interval_s
+        if interval_s:
+            self.paced_sends += 1
+        self._next_send = self._clock() + interval_s
+
+    def returned(self) -> None:
+        """A request counted by `turn` is off the wire."""
+        self.in_flight -= 1
+
+    def learn(self, requests: Window, tokens: Window | None = None, *, spent_tokens: int | None = None) -> None:
+        """Pace from an answer's request and token windows; `spent_tokens` is what that request cost."""
+        if spent_tokens:
+            previous = self.tokens_per_request
+            self.tokens_per_request = (
+                float(spent_tokens)
+                if previous is None
+                else previous * (1 - TOKEN_SMOOTHING) + spent_tokens * TOKEN_SMOOTHING
+            )
+        self._request_interval_s = self._interval(requests, 1.0, self._request_interval_s, "requests")
+        if tokens is not None and self.tokens_per_request:
+            self._token_interval_s = self._interval(tokens, self.tokens_per_request, self._token_interval_s, "tokens")
+
+    def cool_down(self, wait_s: float | None) -> None:
+        """Send nothing for `wait_s` seconds (the provider's window is used up, or it is down)."""
+        if wait_s is not None and wait_s > 0:
+            self.cooldowns += 1
+            self._not_before = max(self._not_before, self._clock() + wait_s)
+
+    def summary(self) -> dict[str, object]:
+        """The budget's story for metrics.json: whether another client shared it, how often it paced or held."""
+        return {"shared": self.users > 1, "paced_sends": self.paced_sends, "cooldowns": self.cooldowns}
+
+    def _interval(self, window: Window, per_request: float, current: float, what: str) -> float:
+        remaining, limit_per_min = window.remaining, window.limit_per_min
+        if remaining is None or not limit_per_min:
+            return current
+        needed = (self.in_flight + 1) * per_request
+        if remaining <= needed:
+            interval_s = PACE_SLACK * 60.0 * per_request / limit_per_min
+            if interval_s != current:
+                log.info(
+                    "rate_paced",
+                    provider=self.name,
+                    by=what,
+                    interval_ms=round(interval_s * 1000, 1),
+                    remaining=remaining,
+                )
+            return interval_s
+        if remaining > 2 * needed and current:
+            log.info("rate_pace_lifted", provider=self.name, by=what, remaining=remaining)
+            return 0.0
+        return current
+
+
+_SHARED: weakref.WeakValueDictionary[tuple[str, str], RateBudget] = weakref.WeakValueDictionary()
+
+
+def shared_budget(
+    url: str, api_key: str | None, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+) -> RateBudget:
+    """The budget of the provider at `url`'s origin for `api_key`, the same object for every client in this process
+    while any of them holds it (the first one's clock and sleep drive it)."""
+    origin = str(URL(url).origin())
+    digest = hashlib.blake2b((api_key or "").encode(), digest_size=16).hexdigest()
+    budget = _SHARED.get((origin, digest))
+    if budget is None:
+        budget = RateBudget(origin, clock=clock, sleep=sleep)
+        _SHARED[(origin, digest)] = budget
+    budget.users += 1
+    return budget
