@@ -6,9 +6,11 @@ with one key draw on one budget, so they must also pace from one. `shared_budget
 
 What the budget knows comes from the answers' headers (see daemon.remote.chat.RateHints):
 * a 429's `Retry-After` (or an answer with nothing remaining and `x-ratelimit-reset`) holds every send for that long;
-* once `x-ratelimit-remaining` would not cover the requests in flight or waiting to go (of every client), sends
-  go out no faster than the refill (`x-ratelimit-limit` a minute, `PACE_SLACK` slower), and stop being spaced once
-  the budget has twice that again;
+* once `x-ratelimit-remaining`, less what went out after the answer was counted, would not cover the requests in
+  flight or waiting to go (of every client) plus a reserve (`RESERVE_SHARE` of a minute's budget, so a send
+  delayed by a busy machine and the next arriving close together are still both admitted), sends go out no
+  faster than the refill (`x-ratelimit-limit` a minute, `PACE_SLACK` slower), and stop being spaced once the budget
+  has twice that again;
 * the same for tokens (`x-tokenlimit-*`, Together; `x-ratelimit-*-tokens`, OpenAI), spacing by the tokens a
   request has cost so far (prompt and answer, smoothed).
 
@@ -31,6 +33,7 @@ from daemon.remote.backoff import Clock, Sleep
 
 log = structlog.get_logger()
 PACE_SLACK = 1.01  # paced sends go out 1 % slower than the provider's refill, so clock skew does not earn a 429
+RESERVE_SHARE = 0.02  # pacing starts with 2 % of a minute's budget still left, a cushion against send-time jitter
 TOKEN_SMOOTHING = 0.2  # weight of the newest answer in the tokens-per-request estimate
 
 
@@ -48,6 +51,7 @@ class RateBudget:
     def __init__(self, name: str = "", *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         self.name = name
         self.in_flight = 0
+        self.sends = 0  # requests let through so far; an answer's `remaining` predates those sent after it
         self.tokens_per_request: float | None = None
         self.paced_sends = 0
         self.cooldowns = 0
@@ -64,9 +68,10 @@ class RateBudget:
         """The spacing between sends now (0: none)."""
         return max(self._request_interval_s, self._token_interval_s)
 
-    async def turn(self) -> None:
-        """Wait until this provider may be sent the next request. The request counts in flight from the call (a
-        request waiting for its turn will go out, so the budget must cover it too) until `returned`."""
+    async def turn(self) -> int:
+        """Wait until this provider may be sent the next request; returns its place in the send order (for
+        `learn`). The request counts in flight from the call (a request waiting for its turn will go out, so the
+        budget must cover it too) until `returned`."""
         self.in_flight += 1
         try:
             while (pause_s := max(self._not_before, self._next_send) - self._clock()) > 0:
@@ -78,13 +83,25 @@ class RateBudget:
         if interval_s:
             self.paced_sends += 1
         self._next_send = self._clock() + interval_s
+        self.sends += 1
+        return self.sends
 
     def returned(self) -> None:
         """A request counted by `turn` is off the wire."""
         self.in_flight -= 1
 
-    def learn(self, requests: Window, tokens: Window | None = None, *, spent_tokens: int | None = None) -> None:
-        """Pace from an answer's request and token windows; `spent_tokens` is what that request cost."""
+    def learn(
+        self,
+        requests: Window,
+        tokens: Window | None = None,
+        *,
+        spent_tokens: int | None = None,
+        sent_as: int | None = None,
+    ) -> None:
+        """Pace from an answer's request and token windows; `spent_tokens` is what that request cost, `sent_as`
+        its place in the send order (from `turn`): the provider counted its `remaining` before the requests sent
+        after it, which a burst of answers read late would otherwise hide."""
+        later = max(0, self.sends - sent_as) if sent_as is not None else 0
         if spent_tokens:
             previous = self.tokens_per_request
             self.tokens_per_request = (
@@ -92,9 +109,11 @@ class RateBudget:
                 if previous is None
                 else previous * (1 - TOKEN_SMOOTHING) + spent_tokens * TOKEN_SMOOTHING
             )
-        self._request_interval_s = self._interval(requests, 1.0, self._request_interval_s, "requests")
+        self._request_interval_s = self._interval(requests, 1.0, later, self._request_interval_s, "requests")
         if tokens is not None and self.tokens_per_request:
-            self._token_interval_s = self._interval(tokens, self.tokens_per_request, self._token_interval_s, "tokens")
+            self._token_interval_s = self._interval(
+                tokens, self.tokens_per_request, later, self._token_interval_s, "tokens"
+            )
 
     def cool_down(self, wait_s: float | None) -> None:
         """Send nothing for `wait_s` seconds (the provider's window is used up, or it is down)."""
@@ -106,11 +125,12 @@ class RateBudget:
         """The budget's story for metrics.json: whether another client shared it, how often it paced or held."""
         return {"shared": self.users > 1, "paced_sends": self.paced_sends, "cooldowns": self.cooldowns}
 
-    def _interval(self, window: Window, per_request: float, current: float, what: str) -> float:
-        remaining, limit_per_min = window.remaining, window.limit_per_min
-        if remaining is None or not limit_per_min:
+    def _interval(self, window: Window, per_request: float, later: int, current: float, what: str) -> float:
+        if window.remaining is None or not window.limit_per_min:
             return current
-        needed = (self.in_flight + 1) * per_request
+        limit_per_min = window.limit_per_min
+        remaining = window.remaining - later * per_request  # what is left once the later sends are counted
+        needed = (self.in_flight + 1) * per_request + RESERVE_SHARE * limit_per_min
         if remaining <= needed:
             interval_s = PACE_SLACK * 60.0 * per_request / limit_per_min
             if interval_s != current:
@@ -119,11 +139,11 @@ class RateBudget:
                     provider=self.name,
                     by=what,
                     interval_ms=round(interval_s * 1000, 1),
-                    remaining=remaining,
+                    remaining=round(remaining),
                 )
             return interval_s
         if remaining > 2 * needed and current:
-            log.info("rate_pace_lifted", provider=self.name, by=what, remaining=remaining)
+            log.info("rate_pace_lifted", provider=self.name, by=what, remaining=round(remaining))
             return 0.0
         return current
 

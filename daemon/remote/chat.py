@@ -23,7 +23,7 @@ from daemon.logs import Redactor
 from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
 from daemon.remote.budget import Window, shared_budget
 from daemon.remote.classify import classify, is_quota, retry_after_s, seconds
-from daemon.remote.limit import ConcurrencyLimit, LimitTuning
+from daemon.remote.limit import ConcurrencyLimit, LimitTuning, Send
 
 log = structlog.get_logger()
 
@@ -256,19 +256,19 @@ class ChatClient:
 
     async def _send(self, provider: _Provider, endpoint: ChatEndpoint, request: ChatRequest) -> tuple[ChatReply, float]:
         queued_at = self._clock()
-        async with provider.limit.slot() as generation, self._bound:
+        async with provider.limit.slot() as send, self._bound:
             waited_s = self._clock() - queued_at
             try:
                 status, headers, raw = await self._post(provider.session, endpoint, request)
             except Unavailable as exc:
-                provider.limit.unavailable(generation)
+                provider.limit.unavailable(send.generation)
                 raise self._scrubbed(exc) from None
             except TransientError as exc:  # timed out: the server is slow, or its queue is long
-                provider.limit.dropped(generation)
+                provider.limit.dropped(send.generation)
                 raise self._scrubbed(exc) from None
             rtt_s = self._clock() - queued_at - waited_s
         try:
-            reply = self._answer(provider, generation, (status, headers, raw), rtt_s)
+            reply = self._answer(provider, send, (status, headers, raw), rtt_s)
         except FinetunedError as exc:
             raise self._scrubbed(exc) from None
         return dataclasses.replace(reply, content=self._redactor.scrub(reply.content)), waited_s
@@ -278,7 +278,7 @@ class ChatClient:
         return error
 
     def _answer(
-        self, provider: _Provider, generation: int, answer: tuple[int, Mapping[str, str], bytes], rtt_s: float
+        self, provider: _Provider, send: Send, answer: tuple[int, Mapping[str, str], bytes], rtt_s: float
     ) -> ChatReply:
         """The reply of a 200, else the classified error; the limit learns from either."""
         status, headers, raw = answer
@@ -289,16 +289,18 @@ class ChatClient:
             if hints.remaining == 0:
                 provider.limit.cool_down(hints.reset_s)
             spent = reply.prompt_tokens + reply.completion_tokens
-            provider.limit.pace(hints.remaining, hints.limit_per_min, tokens=hints.tokens, spent_tokens=spent)
+            provider.limit.pace(
+                hints.remaining, hints.limit_per_min, tokens=hints.tokens, spent_tokens=spent, sent_as=send.order
+            )
             return reply
         error = classify("chat request", status, raw, headers)
         if isinstance(error, TransientError) and error.retry_after_s is None:
             error.retry_after_s = hints.wait_s
         if isinstance(error, Unavailable):
-            provider.limit.unavailable(generation, error.retry_after_s)
+            provider.limit.unavailable(send.generation, error.retry_after_s)
         elif status == 429 and not is_quota(status, raw):
             provider.limit.answered()
-            provider.limit.throttled(generation, hints.wait_s)
+            provider.limit.throttled(send.generation, hints.wait_s)
         else:
             provider.limit.answered()
         raise error

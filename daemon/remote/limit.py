@@ -52,6 +52,14 @@ class LimitTuning:
     probe_cap_s: float = 10.0
 
 
+@dataclass(frozen=True)
+class Send:
+    """One request's pass through `ConcurrencyLimit.slot`: the limit's generation and the budget's send order."""
+
+    generation: int
+    order: int
+
+
 class ConcurrencyLimit:
     """The in-flight limit of one provider; waiters are served first in, first out (see the module docstring)."""
 
@@ -84,14 +92,15 @@ class ConcurrencyLimit:
         self._note("start")
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
-        """Hold one slot; yields the generation the request is sent in (for `dropped`/`throttled`/`unavailable`)."""
+    async def slot(self) -> AsyncIterator[Send]:
+        """Hold one slot; yields the request's generation (for `dropped`/`throttled`/`unavailable`) and place in
+        the budget's send order (for `pace`)."""
         await self._acquire()
         try:
             # After the slot is ours: a request queued before a 429 must not go out during its cooldown.
-            await self.budget.turn()
+            order = await self.budget.turn()
             try:
-                yield self._generation
+                yield Send(self._generation, order)
             finally:
                 self.budget.returned()
         finally:
@@ -146,10 +155,11 @@ class ConcurrencyLimit:
         *,
         tokens: Window | None = None,
         spent_tokens: int | None = None,
+        sent_as: int | None = None,
     ) -> None:
         """Follow the provider's budget before it refuses (see RateBudget.learn): once `x-ratelimit-remaining` would
         not cover the requests in flight, sends go no faster than its refill; with budget to spare, unspaced."""
-        self.budget.learn(Window(remaining, limit_per_min), tokens, spent_tokens=spent_tokens)
+        self.budget.learn(Window(remaining, limit_per_min), tokens, spent_tokens=spent_tokens, sent_as=sent_as)
 
     def cool_down(self, wait_s: float | None) -> None:
         """Send nothing to this provider for `wait_s` seconds (its window is used up, or it is down)."""

@@ -61,6 +61,21 @@ async def test_a_nearly_spent_token_budget_spaces_sends_by_the_tokens_a_request_
     assert budget.interval_s == 0.0
 
 
+async def test_an_answer_read_late_counts_the_requests_sent_after_it() -> None:
+    """A burst of answers read after many more requests went out: the oldest answer's `remaining` (26) predates the
+    25 sent after it, so the budget paces although nothing is in flight when it is read."""
+    budget = RateBudget("p")
+    orders = []
+    for _ in range(26):
+        orders.append(await budget.turn())
+        budget.returned()
+    assert budget.in_flight == 0
+    budget.learn(Window(26, 600), sent_as=orders[-1])  # the newest request: 26 left covers the next one
+    assert budget.interval_s == 0.0
+    budget.learn(Window(26, 600), sent_as=orders[0])  # the oldest: 25 of the 26 went to later sends
+    assert abs(budget.interval_s - 0.101) < 1e-9
+
+
 async def test_two_clients_on_one_key_share_the_rate_and_earn_almost_no_429() -> None:
     """Two evaluations at once (two ChatClients, 64 in flight each) against a sandbox allowing 600 requests a
     minute: every request is answered and at most 2 % are refused, because both pace from one budget."""

@@ -291,8 +291,8 @@ async def test_adaptive_limit_halves_once_per_round_and_recovers() -> None:
     limit = ConcurrencyLimit(16, tuning=LimitTuning(initial=16))
     generations = []
     for _ in range(10):
-        async with limit.slot() as generation:
-            generations.append(generation)
+        async with limit.slot() as send:
+            generations.append(send.generation)
     for generation in generations:
         limit.throttled(generation, None)
     assert limit.limit == 8

@@ -62,13 +62,13 @@ async def test_a_down_provider_gets_one_probe_at_a_time_then_all_slots_again() -
 
     async def probe() -> None:
         nonlocal peak
-        async with limit.slot() as generation:
+        async with limit.slot() as send:
             peak = max(peak, limit.in_flight)
             await asyncio.sleep(0.005)
             if next(answers):
                 limit.succeeded(0.005)
             else:
-                limit.unavailable(generation)
+                limit.unavailable(send.generation)
 
     await asyncio.gather(*(probe() for _ in range(3)))
     assert peak == 1 and not limit.down
