@@ -59,8 +59,9 @@ def saved_events(ctx: JobContext) -> list[dict[str, Any]]:
 async def test_poll_follows_the_job_to_its_model_and_saves_the_loss_curve(
     tmp_path: Path, remote_settings: Settings, api: TogetherAPI
 ) -> None:
-    """The output names the fine-tuned model (also journaled); events.jsonl holds every event once; the training
-    metrics (loss falling) and the checkpoints are saved to the outbox, the final loss from the metrics."""
+    """The output names the fine-tuned model (also journaled); progress reports the remote statuses in their order;
+    events.jsonl holds every event once; the training metrics (loss falling) and the checkpoints are saved to the
+    outbox, the final loss from the metrics."""
     journal = DictJournal()
     ctx, inputs = await created(tmp_path, remote_settings, api, journal, suffix="coqa")
     out = await poll.run(ctx, inputs)
@@ -75,7 +76,10 @@ async def test_poll_follows_the_job_to_its_model_and_saves_the_loss_curve(
     saved = json.loads((ctx.out_dir / CHECKPOINTS_FILE).read_text())["checkpoints"]
     assert out["checkpoints"] == len(saved) >= 1 and saved[-1]["checkpoint_type"] == "Final"
     statuses = [u["remote_status"] for u in ctx.progress.calls if "remote_status" in u]  # type: ignore[attr-defined]
-    assert statuses[-1] == "completed" and "running" in statuses
+    # A loaded machine may poll past a short-lived status, so only the order is asserted, not that each was seen.
+    order = ["pending", "queued", "running", "compressing", "uploading", "completed"]
+    assert len(statuses) >= 2 and statuses[-1] == "completed"
+    assert [order.index(s) for s in statuses] == sorted(order.index(s) for s in statuses)
 
 
 async def test_restart_mid_poll_keeps_events_without_duplicates(
