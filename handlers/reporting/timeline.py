@@ -16,6 +16,7 @@ from daemon.money import usd
 from handlers.reporting.data import ReportData
 
 PRICE_KEYS = ("price_usd", "cost_usd")
+REPORT_STEP = "report"  # the step that writes the report; it is still running while it does
 
 
 def _number(value: Any) -> float | None:
@@ -23,17 +24,19 @@ def _number(value: Any) -> float | None:
 
 
 def timeline_rows(status: Mapping[str, Any]) -> list[list[str]]:
-    """One row per step of the status document: step, status, attempts, started, duration."""
+    """One row per step of the status document: step, status, attempts, started, duration (the report step, still
+    running while it writes the report, says so)."""
     steps = status.get("steps")
     rows = []
     for name, step in steps.items() if isinstance(steps, dict) else ():
         if not isinstance(step, dict):
             continue
         duration = _number(step.get("duration_s"))
+        state = str(step.get("status") or "")
         rows.append(
             [
                 str(name),
-                str(step.get("status") or ""),
+                "writing this report" if name == REPORT_STEP and state == "running" else state,
                 str(step.get("attempts") or 0),
                 str(step.get("started_at") or "–"),
                 f"{duration:.1f}" if duration is not None else "–",

@@ -20,7 +20,7 @@ from handlers import evaluate, report
 from handlers.reporting import advice, analysis
 from handlers.reporting.data import gather
 from handlers.reporting.render import markdown_table, write_failure_report
-from handlers.reporting.timeline import money, money_lines
+from handlers.reporting.timeline import money, money_lines, timeline_rows
 from tests.handlers.test_evaluate import make_ctx, write_eval_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -198,6 +198,13 @@ def test_money_reads_optional_prices_and_endpoints(tmp_path: Path) -> None:
     lines = money_lines(money(data))
     assert "Evaluation of base: 1,000 tokens, $0.25." in lines and "Endpoints: 15.0 minutes, $1.00." in lines
     assert lines[-1] == "Whole cost: $3.75 (training $2.00 charged + evaluation $0.75 + endpoints $1.00)."
+
+
+def test_the_report_step_says_it_writes_the_report() -> None:
+    """The report step, still running while it writes the report, is shown as writing it, not as running."""
+    steps = {"poll": {"status": "done", "attempts": 1}, "report": {"status": "running", "attempts": 1}}
+    rows = timeline_rows({"steps": steps})
+    assert [row[1] for row in rows] == ["done", "writing this report"]
 
 
 def test_cancelled_and_remote_failure_advice() -> None:
