@@ -150,7 +150,7 @@ async def test_the_spend_guard_stops_the_endpoint_at_max_endpoint_usd(
     endpoint = sandbox.sandbox.live_endpoint(out["endpoint_id"])
     assert endpoint is not None
     async with asyncio.timeout(5):
-        while endpoint.billing(sandbox.sandbox.clock()):
+        while endpoint.billing(sandbox.sandbox.sim_now()):
             await asyncio.sleep(0.05)
     released = await serve.release(ctx, {**inputs, "serve": out})
     assert released["budget_reached"] is True and "max_endpoint_usd" in released["note"]
@@ -169,7 +169,7 @@ async def test_the_spend_guard_is_armed_again_for_an_evaluation_resumed_after_a_
     serving.rearm_budget_guard(ctx, out)
     serving.rearm_budget_guard(ctx, {"mode": "serverless", "model": "x"})  # nothing to guard
     async with asyncio.timeout(5):
-        while endpoint.billing(sandbox.sandbox.clock()):
+        while endpoint.billing(sandbox.sandbox.sim_now()):
             await asyncio.sleep(0.05)
     await serve.cleanup(ctx, "completed")
     assert (await endpoint_stats(sandbox))["running"] == 0
