@@ -18,9 +18,7 @@ from together.types.endpoints import HardwareListResponse
 from together.types.models import Config
 
 from daemon.sandbox import SandboxHandle, start_sandbox
-from tests.daemon.sandbox.helpers import API_KEY, admin, write_chat_jsonl
-
-OTHER_BASE = "Qwen/Qwen2.5-7B-Instruct"
+from tests.daemon.sandbox.helpers import API_KEY, admin, fine_tune
 
 
 @pytest.fixture(params=[False, True], ids=["full", "lean"])
@@ -37,25 +35,6 @@ async def sdk(sandbox: SandboxHandle) -> AsyncIterator[together.AsyncTogether]:
     client = together.AsyncTogether(base_url=sandbox.base_url, api_key=API_KEY, max_retries=0)
     yield client
     await client.close()
-
-
-async def fine_tune(sdk: together.AsyncTogether, sandbox: SandboxHandle, tmp_path: Path) -> str:
-    """A completed fine-tune of OTHER_BASE (made with lean off: the SDK's create needs more than the contract);
-    its output model's name."""
-    lean, sandbox.sandbox.lean = sandbox.sandbox.lean, False
-    try:
-        return await _fine_tune(sdk, tmp_path)
-    finally:
-        sandbox.sandbox.lean = lean
-
-
-async def _fine_tune(sdk: together.AsyncTogether, tmp_path: Path) -> str:
-    uploaded = await sdk.files.upload(write_chat_jsonl(tmp_path / "train.jsonl"), purpose="fine-tune")
-    job = await sdk.fine_tuning.create(training_file=uploaded.id, model=OTHER_BASE, n_epochs=1, suffix="v2")
-    async with asyncio.timeout(10):
-        while (job := await sdk.fine_tuning.retrieve(job.id)).status != "completed":  # type: ignore[assignment]
-            await asyncio.sleep(0.02)
-    return str(job.x_model_output_name)
 
 
 async def raw(call: Any) -> tuple[dict[str, Any], float]:
