@@ -1,5 +1,6 @@
-"""The daemon as a subprocess evaluating a fine-tune Together serves only on a dedicated endpoint: one endpoint,
-always deleted, whatever happens to the job (completion, kill -9 while starting or serving, cancel, failure)."""
+"""The daemon as a subprocess evaluating a fine-tune Together serves only on a dedicated endpoint: one endpoint (on
+the SDK's v2 surface: one deployment), always deleted, whatever happens to the job (completion, kill -9 while
+starting or serving, cancel, failure); its cost is what the sandbox billed; the v1 fallback likewise."""
 
 from __future__ import annotations
 
@@ -82,28 +83,57 @@ async def kill9(process: asyncio.subprocess.Process) -> None:
 
 
 async def assert_one_endpoint_deleted(sandbox: SandboxHandle) -> None:
-    """Exactly one endpoint was ever created, and none is billing now."""
+    """Exactly one endpoint (and on v2 one deployment) was ever created, and none is billing now."""
     counted = await endpoints(sandbox)
     assert counted["created"] == 1 and counted["running"] == 0 and counted["deleted"] == 1, counted
+    if sandbox.sandbox.v2_endpoints:
+        assert counted["deployments"] == {"created": 1, "deleted": 1}, counted
+
+
+async def assert_cost_is_the_bill(spool: Path, sandbox: SandboxHandle, surface: str) -> None:
+    """Completed on `surface`; status.json, metrics.json and the report give the minutes and dollars the sandbox
+    billed (on its clock, not the daemon's)."""
+    status = only_status(spool)
+    assert status["status"] == "completed", status.get("error")
+    await assert_one_endpoint_deleted(sandbox)
+    billed = await endpoints(sandbox)
+    folder = spool / "outbox" / status["job_id"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    serving = metrics["serving"]
+    assert set(metrics["models"]) == {"base", "finetuned"} and serving["surface"] == surface
+    assert serving["clock"] == "provider" and serving["minutes"] == billed["minutes_billed"] > 1
+    assert status["endpoint"]["cost_usd"] == serving["cost_usd"] == pytest.approx(billed["cost_usd"])
+    assert status["endpoint"]["minutes"] == billed["minutes_billed"]
+    assert status["remote"]["endpoint_id"] == serving["endpoint_id"]
+    report = (folder / "report.md").read_text()
+    assert f"{billed['minutes_billed']} min" in report and "Together's own creation and stop timestamps" in report
 
 
 async def test_a_base_without_serverless_lora_is_evaluated_on_one_endpoint(spool: Path) -> None:
-    """Base and fine-tuned are evaluated (against a lean sandbox: contract fields only); one endpoint, deleted; its
-    cost in status, metrics and the report."""
+    """Base and fine-tuned are evaluated through the SDK's v2 surface (against a lean sandbox: the SDK types'
+    required fields only); one endpoint and one deployment, deleted; its cost, in status, metrics and the report,
+    is the sandbox's bill."""
     sandbox = await dedicated_sandbox(lean=True)
     try:
         drop(spool, "dedicated")
         code, _, stderr = await run_daemon(daemon_env(spool, sandbox.base_url), timeout_s=120)
         assert code == 0, stderr[-3000:]
-        status = only_status(spool)
-        assert status["status"] == "completed", status.get("error")
-        await assert_one_endpoint_deleted(sandbox)
-        folder = spool / "outbox" / status["job_id"]
-        metrics = json.loads((folder / "metrics.json").read_text())
-        assert set(metrics["models"]) == {"base", "finetuned"} and metrics["serving"]["minutes"] >= 1
-        assert status["endpoint"]["cost_usd"] == metrics["serving"]["cost_usd"] > 0
-        assert status["remote"]["endpoint_id"] == metrics["serving"]["endpoint_id"]
-        assert "Dedicated endpoint" in (folder / "report.md").read_text()
+        await assert_cost_is_the_bill(spool, sandbox, "v2")
+    finally:
+        await sandbox.close()
+
+
+async def test_a_server_without_v2_is_served_through_v1_endpoints(spool: Path) -> None:
+    """With the sandbox's v2 surface off, the daemon falls back to /v1/endpoints (logged once) and completes; one
+    endpoint, deleted; the cost is the sandbox's bill."""
+    sandbox = await dedicated_sandbox(v2_endpoints=False)
+    try:
+        drop(spool, "fallback")
+        code, stdout, stderr = await run_daemon(daemon_env(spool, sandbox.base_url), timeout_s=120)
+        assert code == 0, stderr[-3000:]
+        await assert_cost_is_the_bill(spool, sandbox, "v1")
+        chosen = [line for line in (stdout + stderr).splitlines() if '"endpoint_surface"' in line]
+        assert len(chosen) == 1 and '"v1"' in chosen[0], chosen
     finally:
         await sandbox.close()
 
@@ -150,11 +180,12 @@ async def test_cancel_while_the_endpoint_runs_deletes_it(spool: Path) -> None:
         await sandbox.close()
 
 
-@pytest.mark.parametrize("when", ["starting", "serving"])
-async def test_an_endpoint_in_error_ends_the_job_with_it_deleted(spool: Path, when: str) -> None:
-    """The endpoint goes ERROR while it starts (the job fails with Together's reason) or while it serves (the
-    fine-tuned answers fail, the job ends): either way the endpoint is deleted and no second one is created."""
-    sandbox = await dedicated_sandbox(latency_ms="40")
+@pytest.mark.parametrize(("when", "v2"), [("starting", True), ("serving", True), ("starting", False)])
+async def test_an_endpoint_in_error_ends_the_job_with_it_deleted(spool: Path, when: str, v2: bool) -> None:
+    """The endpoint goes ERROR (v2: its deployment FAILED) while it starts (the job fails with Together's reason)
+    or while it serves (the fine-tuned answers fail, the job ends): either way the endpoint is deleted and no second
+    one is created; on the v1 fallback too."""
+    sandbox = await dedicated_sandbox(latency_ms="40", v2_endpoints=v2)
     try:
         at_s = 60.0 if when == "starting" else 160.0 + 0.3 * SPEED
         async with aiohttp.ClientSession() as session:

@@ -183,6 +183,23 @@ async def test_the_spend_guard_is_armed_again_for_an_evaluation_resumed_after_a_
     assert (await endpoint_stats(sandbox))["running"] == 0
 
 
+async def test_a_crash_between_endpoint_and_deployment_completes_the_endpoint(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """The v2 endpoint was created but the crash came before its deployment: the rerun completes that endpoint
+    (deployment + route) and serves on it; one endpoint, one deployment."""
+    journal = DictJournal()
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec_for(OTHER_BASE), journal)
+    await journal.record(JournalKey.ENDPOINT_SURFACE, "v2")
+    await journal.record(JournalKey.ENDPOINT_INTENT, "fghij5678")
+    half = await project_endpoint(sandbox, "finetuned-fghij5678")
+    out = await serve.run(ctx, inputs)
+    assert out["endpoint_id"] == half and out["model"] == "sandbox/finetuned-fghij5678"
+    await serve.cleanup(ctx, "completed")
+    counted = await endpoint_stats(sandbox)
+    assert counted["created"] == counted["deleted"] == 1 and counted["deployments"] == {"created": 1, "deleted": 1}
+
+
 async def test_start_up_sweep_deletes_endpoints_of_ended_jobs_only(
     tmp_path: Path, api: TogetherAPI, sandbox: SandboxHandle
 ) -> None:
