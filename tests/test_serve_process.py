@@ -109,31 +109,21 @@ async def assert_cost_is_the_bill(spool: Path, sandbox: SandboxHandle, surface: 
     assert f"{billed['minutes_billed']} min" in report and "Together's own creation and stop timestamps" in report
 
 
-async def test_a_base_without_serverless_lora_is_evaluated_on_one_endpoint(spool: Path) -> None:
-    """Base and fine-tuned are evaluated through the SDK's v2 surface (against a lean sandbox: the SDK types'
-    required fields only); one endpoint and one deployment, deleted; its cost, in status, metrics and the report,
-    is the sandbox's bill."""
-    sandbox = await dedicated_sandbox(lean=True)
+@pytest.mark.parametrize(("surface", "knobs"), [("v2", {"lean": True}), ("v1", {"v2_endpoints": False})])
+async def test_a_base_without_serverless_lora_is_evaluated_on_one_endpoint(
+    spool: Path, surface: str, knobs: dict[str, Any]
+) -> None:
+    """Base and fine-tuned are evaluated on one endpoint, deleted after: through the SDK's v2 surface (a lean
+    sandbox: the SDK types' required fields only; one deployment), or, the sandbox's v2 surface off, through the
+    /v1/endpoints fallback; the surface logged once; the cost in status, metrics and the report is the bill."""
+    sandbox = await dedicated_sandbox(**knobs)
     try:
         drop(spool, "dedicated")
-        code, _, stderr = await run_daemon(daemon_env(spool, sandbox.base_url), timeout_s=120)
-        assert code == 0, stderr[-3000:]
-        await assert_cost_is_the_bill(spool, sandbox, "v2")
-    finally:
-        await sandbox.close()
-
-
-async def test_a_server_without_v2_is_served_through_v1_endpoints(spool: Path) -> None:
-    """With the sandbox's v2 surface off, the daemon falls back to /v1/endpoints (logged once) and completes; one
-    endpoint, deleted; the cost is the sandbox's bill."""
-    sandbox = await dedicated_sandbox(v2_endpoints=False)
-    try:
-        drop(spool, "fallback")
         code, stdout, stderr = await run_daemon(daemon_env(spool, sandbox.base_url), timeout_s=120)
         assert code == 0, stderr[-3000:]
-        await assert_cost_is_the_bill(spool, sandbox, "v1")
+        await assert_cost_is_the_bill(spool, sandbox, surface)
         chosen = [line for line in (stdout + stderr).splitlines() if '"endpoint_surface"' in line]
-        assert len(chosen) == 1 and '"v1"' in chosen[0], chosen
+        assert len(chosen) == 1 and f'"{surface}"' in chosen[0], chosen
     finally:
         await sandbox.close()
 
