@@ -35,6 +35,7 @@ STATES = {
     "DEPLOYMENT_STATE_STOPPING": EndpointState.STOPPING,
     "DEPLOYMENT_STATE_STOPPED": EndpointState.STOPPED,
 }
+MIN_INACTIVE_MIN, MAX_INACTIVE_MIN = 30, 1440  # deployment_create_params.inactive_timeout
 STOPPED = frozenset({EndpointState.STOPPING, EndpointState.STOPPED, EndpointState.ERROR})
 
 
@@ -196,8 +197,8 @@ class ProjectWire:
             "config": request.config,
             "autoscaling": {"min_replicas": request.replicas, "max_replicas": request.replicas},
         }
-        if request.inactive_timeout_min:
-            options["inactive_timeout"] = request.inactive_timeout_min
+        if request.inactive_timeout_min:  # v2 takes 30..1440 minutes (or none): a shorter safety net is raised to 30
+            options["inactive_timeout"] = min(max(request.inactive_timeout_min, MIN_INACTIVE_MIN), MAX_INACTIVE_MIN)
         deployments = self._client.endpoints.deployments
         return _dict(await self._call("create deployment", lambda: deployments.create(endpoint_id, **options)))
 
