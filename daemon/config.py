@@ -41,6 +41,7 @@ USER_VARIABLES: dict[str, str] = {
     "FINETUNED_ALLOW_LINK_LOCAL": "allow_link_local",
     "TOGETHER_API_KEY": "together_api_key",
     "TOGETHER_BASE_URL": "together_base_url",
+    "TOGETHER_PROJECT_ID": "together_project_id",
     "FINETUNED_WEBHOOK_URL": "webhook_url",
     "FINETUNED_WEBHOOK_TOKEN": "webhook_token",
     "FINETUNED_WEBHOOK_FORMAT": "webhook_format",
@@ -92,6 +93,7 @@ class Settings:
     allow_link_local: bool = False
     together_api_key: str | None = dataclasses.field(default=None, repr=False)
     together_base_url: str | None = None
+    together_project_id: str | None = None  # the project dedicated endpoints live in; else whoami's
     notify_socket: str | None = None
     watchdog_usec: int = 0
     # Keys a spec may name by variable (evaluate.endpoints.*.api_key_env, finetune.wandb_api_key_env,

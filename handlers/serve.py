@@ -1,14 +1,16 @@
 """Step `serve`: make the fine-tuned model answerable for `evaluate`, serverless or on a dedicated endpoint.
 
 `evaluate.serve: auto` asks Together (daemon.remote: the models list, else a one-token request) whether it serves
-the fine-tuned model serverless; if not, or with `serve: dedicated`, a dedicated endpoint is created once: the
+the fine-tuned model serverless; if not, or with `serve: dedicated`, a dedicated endpoint is created once, on the
+API this run uses (`remote.endpoint_surface()`, journaled with the intent; every later call names it): the
 hardware is the spec's or the cheapest available compatible one, the price per minute x the expected evaluation
 time is checked against `max_endpoint_usd` before anything is created, the tag (in `display_name`) is journaled
 before the create call and the id right after, so a crash in between adopts the endpoint instead of making a
-second. The step waits with backoff until STARTED (ERROR fails the job with Together's reason; a journaled
-deadline). Its output's `model` is the name `evaluate` asks (the endpoint's `name`). A guard stops the endpoint
-when the money spent reaches `max_endpoint_usd`; `release` (after evaluate) and the step's cleanup (any end of the
-job) delete it: see handlers/serving.py.
+second (one whose set-up the crash interrupted is completed by creating it again, which the remote side adopts).
+The step waits with backoff until STARTED (ERROR fails the job with Together's reason; a journaled deadline).
+Its output's `model` is the name `evaluate` asks (the endpoint's `name`). A guard stops the endpoint when the money
+spent reaches `max_endpoint_usd`; `release` (after evaluate) and the step's cleanup (any end of the job) delete
+it: see handlers/serving.py.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import structlog
 from daemon.errors import BadInput, RemoteJobFailed, RemoteRejected, TransientError
 from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
-from daemon.remote.api import EndpointRequest, EndpointState, FineTuneAPI, HardwareOption, RemoteEndpoint
+from daemon.remote.api import EndpointRequest, EndpointState, FineTuneAPI, HardwareOption, RemoteEndpoint, Surface
 from daemon.remote.backoff import Backoff, retry
 from daemon.spec import EvaluateSpec, JobSpec
 from handlers.create import make_tag
-from handlers.serving import DISPLAY_PREFIX, arm_budget_guard, cleanup, release
+from handlers.serving import DISPLAY_PREFIX, arm_budget_guard, cleanup, journaled_surface, release
 
 __all__ = ["applies", "cleanup", "release", "run"]
 STARTUP_ALLOWANCE_MIN = 10.0  # Together: start-up takes minutes ("up to 10"), billed
@@ -107,12 +109,15 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
     endpoint = await _wait_started(ctx, remote, endpoint)
     arm_budget_guard(ctx, remote, endpoint.id)
     price = float(ctx.journal.get(JournalKey.ENDPOINT_PRICE) or 0.0)
-    log.info("endpoint_serving", endpoint_id=endpoint.id, name=endpoint.name, usd_per_minute=price)
+    log.info(
+        "endpoint_serving", endpoint_id=endpoint.id, name=endpoint.name, usd_per_minute=price, surface=endpoint.surface
+    )
     return {
         "mode": "dedicated",
         "model": endpoint.name,
         "fine_tuned_model": model,
         "endpoint_id": endpoint.id,
+        "surface": str(endpoint.surface),
         "hardware": endpoint.hardware,
         "usd_per_minute": price,
         "max_endpoint_usd": ctx.spec.evaluate.max_endpoint_usd if ctx.spec.evaluate else None,
@@ -120,23 +125,30 @@ async def run(ctx: JobContext, inputs: StepInputs) -> StepOutput:
 
 
 async def _resume(ctx: JobContext, remote: FineTuneAPI) -> RemoteEndpoint | None:
-    """The endpoint this job already created: by its journaled id, or found by its journaled tag."""
-    policy = ctx.settings.retry_policy
+    """The endpoint this job already created: by its journaled id, or found by its journaled tag (None when its
+    set-up was interrupted: `_create` completes it)."""
+    policy, surface = ctx.settings.retry_policy, journaled_surface(ctx)
     recorded = ctx.journal.get(JournalKey.ENDPOINT_ID)
     if recorded:
-        found = await retry(lambda: remote.get_endpoint(recorded), policy=policy, what="get endpoint")
+        found = await retry(lambda: remote.get_endpoint(recorded, surface=surface), policy=policy, what="get endpoint")
         if found is None:
             raise RemoteJobFailed(f"dedicated endpoint {recorded} no longer exists", remote_status="deleted")
         return found
     tag = ctx.journal.get(JournalKey.ENDPOINT_INTENT)
     if not tag:
         return None
-    matches = await retry(lambda: remote.find_endpoints(tag), policy=policy, what="list endpoints")
-    if not matches:
+    matches = await retry(lambda: remote.find_endpoints(tag, surface=surface), policy=policy, what="list endpoints")
+    if not matches or matches[0].incomplete:
         return None
-    await ctx.journal.record(JournalKey.ENDPOINT_ID, matches[0].id)
+    await _record_ids(ctx, matches[0])
     log.warning("endpoint_adopted", endpoint_id=matches[0].id, tag=tag, reason="created before a crash")
     return matches[0]
+
+
+async def _record_ids(ctx: JobContext, endpoint: RemoteEndpoint) -> None:
+    await ctx.journal.record(JournalKey.ENDPOINT_ID, endpoint.id)
+    if endpoint.deployment_id:
+        await ctx.journal.record(JournalKey.ENDPOINT_DEPLOYMENT, endpoint.deployment_id)
 
 
 async def _create(ctx: JobContext, remote: FineTuneAPI, model: str, inputs: StepInputs) -> RemoteEndpoint:
@@ -144,35 +156,44 @@ async def _create(ctx: JobContext, remote: FineTuneAPI, model: str, inputs: Step
     if evaluate is None:
         raise BadInput("the spec has no evaluate section")
     policy = ctx.settings.retry_policy
-    options = await retry(lambda: remote.hardware(model), policy=policy, what="list hardware")
+    surface = journaled_surface(ctx)
+    if surface is None:
+        surface = await retry(remote.endpoint_surface, policy=policy, what="endpoint surface")
+    options = await retry(lambda: remote.hardware(model, surface=surface), policy=policy, what="list hardware")
     chosen = choose_hardware(evaluate, options, model)
     price = chosen.usd_per_minute * evaluate.replicas
     check_endpoint_price(evaluate, price, expected_minutes(evaluate, inputs))
     tag = ctx.journal.get(JournalKey.ENDPOINT_INTENT) or make_tag(ctx.job_id)
     await ctx.journal.record(JournalKey.ENDPOINT_PRICE, f"{price:.6f}")
     await ctx.journal.record(JournalKey.ENDPOINT_CREATED_AT, f"{time.time():.3f}")
+    await ctx.journal.record(JournalKey.ENDPOINT_SURFACE, str(surface))
     await ctx.journal.record(JournalKey.ENDPOINT_INTENT, tag)
-    request = EndpointRequest(model, chosen.id, evaluate.replicas, DISPLAY_PREFIX + tag, evaluate.inactive_timeout_min)
-    endpoint = await retry(_create_once(remote, request, tag), policy=policy, what="create endpoint")
-    await ctx.journal.record(JournalKey.ENDPOINT_ID, endpoint.id)
+    request = EndpointRequest(
+        model, chosen.id, evaluate.replicas, DISPLAY_PREFIX + tag, evaluate.inactive_timeout_min, chosen.config
+    )
+    endpoint = await retry(_create_once(remote, request, tag, surface), policy=policy, what="create endpoint")
+    await _record_ids(ctx, endpoint)
     log.info("endpoint_created", endpoint_id=endpoint.id, hardware=chosen.id, usd_per_minute=price, tag=tag)
     await ctx.progress(endpoint_id=endpoint.id, endpoint_state=endpoint.state, usd_per_minute=price)
     return endpoint
 
 
-def _create_once(remote: FineTuneAPI, request: EndpointRequest, tag: str) -> Callable[[], Awaitable[RemoteEndpoint]]:
-    """A retryable create: after a failed attempt (maybe created, answer lost) look the tag up before re-sending."""
+def _create_once(
+    remote: FineTuneAPI, request: EndpointRequest, tag: str, surface: Surface
+) -> Callable[[], Awaitable[RemoteEndpoint]]:
+    """A retryable create: after a failed attempt (maybe created, answer lost) look the tag up before re-sending
+    (a half-made endpoint is created again: the remote side completes it)."""
     attempted = False
 
     async def attempt() -> RemoteEndpoint:
         nonlocal attempted
         if attempted:
-            found = await remote.find_endpoints(tag)
-            if found:
+            found = await remote.find_endpoints(tag, surface=surface)
+            if found and not found[0].incomplete:
                 log.warning("endpoint_adopted", endpoint_id=found[0].id, tag=tag, reason="create answer was lost")
                 return found[0]
         attempted = True
-        return await remote.create_endpoint(request)
+        return await remote.create_endpoint(request, surface=surface)
 
     return attempt
 
@@ -204,7 +225,7 @@ async def _wait_started(ctx: JobContext, remote: FineTuneAPI, endpoint: RemoteEn
         await asyncio.sleep(delay)
         previous = current.state
         try:
-            current = await remote.get_endpoint(endpoint.id)
+            current = await remote.get_endpoint(endpoint.id, surface=endpoint.surface)
         except TransientError as exc:
             log.warning("endpoint_poll_failed_retrying", endpoint_id=endpoint.id, error=str(exc))
             continue

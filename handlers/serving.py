@@ -2,10 +2,12 @@
 
 `release` is a step of its own after `evaluate` (so the report shows the cost); `cleanup` is the `serve` step's
 cleanup, run at every end of the job (completed, failed, cancelled; after a restart too): both delete the endpoint
-the journal names (or, after a crash between the intent and the id, the one found by the journaled tag), record
-the minutes and dollars in the journal (`serve.released`, shown in status.json), `endpoint.json` and
-`metrics.json`, and are idempotent. The guard (a task owned here, tied to the job's task) stops the endpoint
-when the estimated spend (minutes since creation x price per minute) reaches `max_endpoint_usd`.
+the journal names (or, after a crash between the intent and the id, the one found by the journaled tag), on the
+API the journal says it was created on, record the minutes and dollars in the journal (`serve.released`, shown in
+status.json), `endpoint.json` and `metrics.json`, and are idempotent. The minutes are counted on the provider's
+clock (its creation and stop timestamps, else the Date of the answer that stopped it), the daemon's wall clock
+only when its answers carry neither. The guard (a task owned here, tied to the job's task) stops the endpoint when
+the estimated spend (minutes since creation on the daemon's clock x price per minute) reaches `max_endpoint_usd`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import asyncio
 import contextlib
 import functools
 import json
-import math
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +26,28 @@ import structlog
 from daemon.errors import FinetunedError
 from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
-from daemon.remote.api import FineTuneAPI
+from daemon.remote.api import Clock, EndpointUsage, FineTuneAPI, Surface
 from daemon.remote.backoff import retry
 from daemon.spool.files import atomic_write_json
 
 DISPLAY_PREFIX = "finetuned-"  # every endpoint this daemon creates: display_name = prefix + the job's tag
 ENDPOINT_FILE = "endpoint.json"
 METRICS_FILE = "metrics.json"
+CLOCK_WORDS: dict[str, str] = {
+    Clock.PROVIDER: "between Together's own creation and stop timestamps",
+    Clock.PROVIDER_DATE: "from Together's creation timestamp to the Date of its answer to the stop",
+    Clock.DAEMON: "on the daemon's clock, from creation to deletion",
+}
 log = structlog.get_logger()
 _guards: dict[str, asyncio.Task[None]] = {}
 
 
-def spent_usd(ctx: JobContext, now_s: float) -> tuple[int, float]:
-    """(started minutes, dollars) since the journaled creation, at the journaled price per minute."""
-    created = float(ctx.journal.get(JournalKey.ENDPOINT_CREATED_AT) or now_s)
-    price = float(ctx.journal.get(JournalKey.ENDPOINT_PRICE) or 0.0)
-    minutes = max(1, math.ceil((now_s - created) / 60 - 1e-9))
-    return minutes, round(minutes * price, 6)
+def journaled_surface(ctx: JobContext) -> Surface | None:
+    """The API the job's endpoint was (or is being) created on; an intent journaled without one predates v2: v1."""
+    value = ctx.journal.get(JournalKey.ENDPOINT_SURFACE)
+    if value:
+        return Surface(value)
+    return Surface.V1 if ctx.journal.get(JournalKey.ENDPOINT_INTENT) else None
 
 
 def arm_budget_guard(ctx: JobContext, remote: FineTuneAPI, endpoint_id: str) -> None:
@@ -52,7 +59,8 @@ def arm_budget_guard(ctx: JobContext, remote: FineTuneAPI, endpoint_id: str) -> 
     created = float(ctx.journal.get(JournalKey.ENDPOINT_CREATED_AT) or time.time())
     stop_at = created + evaluate.max_endpoint_usd / price * 60
     _disarm(ctx.job_id)
-    guard = asyncio.create_task(_stop_at(remote, endpoint_id, stop_at, evaluate.max_endpoint_usd))
+    stop = functools.partial(remote.stop_endpoint, endpoint_id, surface=journaled_surface(ctx))
+    guard = asyncio.create_task(_stop_at(stop, endpoint_id, stop_at, evaluate.max_endpoint_usd))
     _guards[ctx.job_id] = guard
     job_task = asyncio.current_task()
     if job_task is not None:
@@ -67,11 +75,11 @@ def rearm_budget_guard(ctx: JobContext, served: StepOutput | None) -> None:
     arm_budget_guard(ctx, ctx.remote, str(served["endpoint_id"]))
 
 
-async def _stop_at(remote: FineTuneAPI, endpoint_id: str, stop_at: float, budget_usd: float) -> None:
+async def _stop_at(stop: Callable[[], Awaitable[None]], endpoint_id: str, stop_at: float, budget_usd: float) -> None:
     await asyncio.sleep(max(0.0, stop_at - time.time()))
     log.error("endpoint_budget_reached", endpoint_id=endpoint_id, max_endpoint_usd=budget_usd)
     try:
-        await remote.stop_endpoint(endpoint_id)
+        await stop()
     except FinetunedError as exc:
         log.error("endpoint_stop_failed", endpoint_id=endpoint_id, error=str(exc))
 
@@ -88,17 +96,21 @@ def budget_reached(ctx: JobContext) -> bool:
     return guard is not None and guard.done() and not guard.cancelled()
 
 
-async def _delete(ctx: JobContext, remote: FineTuneAPI, tag: str) -> str | None:
-    """Delete the journaled endpoint (or the ones carrying the tag); returns the id deleted, if any."""
-    policy = ctx.settings.retry_policy
+async def _delete(ctx: JobContext, remote: FineTuneAPI, tag: str) -> tuple[str | None, EndpointUsage | None]:
+    """Delete the journaled endpoint (or the ones carrying the tag) on its surface; returns the (first) id deleted
+    and when it billed."""
+    policy, surface = ctx.settings.retry_policy, journaled_surface(ctx)
     endpoint_id = ctx.journal.get(JournalKey.ENDPOINT_ID)
     ids = [endpoint_id] if endpoint_id else []
     if not ids:
-        ids = [e.id for e in await retry(lambda: remote.find_endpoints(tag), policy=policy, what="list endpoints")]
-    for found in ids:
-        await retry(functools.partial(remote.delete_endpoint, found), policy=policy, what="delete endpoint")
-        log.info("endpoint_deleted", endpoint_id=found, tag=tag)
-    return ids[0] if ids else None
+        found = await retry(lambda: remote.find_endpoints(tag, surface=surface), policy=policy, what="list endpoints")
+        ids = [e.id for e in found]
+    used: list[EndpointUsage | None] = []
+    for one in ids:
+        delete = functools.partial(remote.delete_endpoint, one, surface=surface)
+        used.append(await retry(delete, policy=policy, what="delete endpoint"))
+        log.info("endpoint_deleted", endpoint_id=one, tag=tag, surface=surface)
+    return (ids[0], used[0]) if ids else (None, None)
 
 
 async def _released(ctx: JobContext) -> dict[str, Any] | None:
@@ -111,13 +123,18 @@ async def _released(ctx: JobContext) -> dict[str, Any] | None:
     tag = ctx.journal.get(JournalKey.ENDPOINT_INTENT)
     if not tag or ctx.remote is None:
         return None
-    deleted = await _delete(ctx, ctx.remote, tag)
-    minutes, cost = spent_usd(ctx, time.time()) if deleted else (0, 0.0)
+    deleted, used = await _delete(ctx, ctx.remote, tag)
+    now = time.time()
+    created = float(ctx.journal.get(JournalKey.ENDPOINT_CREATED_AT) or now)
+    minutes, clock = (used or EndpointUsage(None, None)).minutes(created, now) if deleted else (0, Clock.DAEMON)
+    price = float(ctx.journal.get(JournalKey.ENDPOINT_PRICE) or 0.0)
     record = {
         "endpoint_id": deleted,
-        "usd_per_minute": float(ctx.journal.get(JournalKey.ENDPOINT_PRICE) or 0.0),
+        "surface": str(journaled_surface(ctx) or Surface.V1),
+        "usd_per_minute": price,
         "minutes": minutes,
-        "cost_usd": cost,
+        "cost_usd": round(minutes * price, 6),
+        "clock": str(clock),
         "budget_reached": reached,
     }
     await ctx.journal.record(JournalKey.ENDPOINT_RELEASED, json.dumps(record))
@@ -159,9 +176,10 @@ async def cleanup(ctx: JobContext, outcome: str) -> None:
 def cost_note(record: dict[str, Any]) -> str:
     """The report's line about the endpoint's cost."""
     price, minutes = float(record.get("usd_per_minute") or 0.0), int(record.get("minutes") or 0)
+    clock = CLOCK_WORDS.get(str(record.get("clock")), CLOCK_WORDS[Clock.DAEMON])
     line = (
         f"Dedicated endpoint {record.get('endpoint_id')}: {minutes} min x {usd(price)}/min = "
-        f"{usd(float(record.get('cost_usd') or 0.0))} (estimated from the time it ran; deleted after evaluation)."
+        f"{usd(float(record.get('cost_usd') or 0.0))} (started minutes {clock}; deleted after evaluation)."
     )
     if record.get("budget_reached"):
         line += " It was stopped when its spend reached evaluate.max_endpoint_usd."

@@ -1,5 +1,6 @@
-"""The daemon as a subprocess evaluating a fine-tune Together serves only on a dedicated endpoint: one endpoint,
-always deleted, whatever happens to the job (completion, kill -9 while starting or serving, cancel, failure)."""
+"""The daemon as a subprocess evaluating a fine-tune Together serves only on a dedicated endpoint: one endpoint (on
+the SDK's v2 surface: one deployment), always deleted, whatever happens to the job (completion, kill -9 while
+starting or serving, cancel, failure); its cost is what the sandbox billed; the v1 fallback likewise."""
 
 from __future__ import annotations
 
@@ -82,28 +83,47 @@ async def kill9(process: asyncio.subprocess.Process) -> None:
 
 
 async def assert_one_endpoint_deleted(sandbox: SandboxHandle) -> None:
-    """Exactly one endpoint was ever created, and none is billing now."""
+    """Exactly one endpoint (and on v2 one deployment) was ever created, and none is billing now."""
     counted = await endpoints(sandbox)
     assert counted["created"] == 1 and counted["running"] == 0 and counted["deleted"] == 1, counted
+    if sandbox.sandbox.v2_endpoints:
+        assert counted["deployments"] == {"created": 1, "deleted": 1}, counted
 
 
-async def test_a_base_without_serverless_lora_is_evaluated_on_one_endpoint(spool: Path) -> None:
-    """Base and fine-tuned are evaluated (against a lean sandbox: contract fields only); one endpoint, deleted; its
-    cost in status, metrics and the report."""
-    sandbox = await dedicated_sandbox(lean=True)
+async def assert_cost_is_the_bill(spool: Path, sandbox: SandboxHandle, surface: str) -> None:
+    """Completed on `surface`; status.json, metrics.json and the report give the minutes and dollars the sandbox
+    billed (on its clock, not the daemon's)."""
+    status = only_status(spool)
+    assert status["status"] == "completed", status.get("error")
+    await assert_one_endpoint_deleted(sandbox)
+    billed = await endpoints(sandbox)
+    folder = spool / "outbox" / status["job_id"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    serving = metrics["serving"]
+    assert set(metrics["models"]) == {"base", "finetuned"} and serving["surface"] == surface
+    assert serving["clock"] == "provider" and serving["minutes"] == billed["minutes_billed"] > 1
+    assert status["endpoint"]["cost_usd"] == serving["cost_usd"] == pytest.approx(billed["cost_usd"])
+    assert status["endpoint"]["minutes"] == billed["minutes_billed"]
+    assert status["remote"]["endpoint_id"] == serving["endpoint_id"]
+    report = (folder / "report.md").read_text()
+    assert f"{billed['minutes_billed']} min" in report and "Together's own creation and stop timestamps" in report
+
+
+@pytest.mark.parametrize(("surface", "knobs"), [("v2", {"lean": True}), ("v1", {"v2_endpoints": False})])
+async def test_a_base_without_serverless_lora_is_evaluated_on_one_endpoint(
+    spool: Path, surface: str, knobs: dict[str, Any]
+) -> None:
+    """Base and fine-tuned are evaluated on one endpoint, deleted after: through the SDK's v2 surface (a lean
+    sandbox: the SDK types' required fields only; one deployment), or, the sandbox's v2 surface off, through the
+    /v1/endpoints fallback; the surface logged once; the cost in status, metrics and the report is the bill."""
+    sandbox = await dedicated_sandbox(**knobs)
     try:
         drop(spool, "dedicated")
-        code, _, stderr = await run_daemon(daemon_env(spool, sandbox.base_url), timeout_s=120)
+        code, stdout, stderr = await run_daemon(daemon_env(spool, sandbox.base_url), timeout_s=120)
         assert code == 0, stderr[-3000:]
-        status = only_status(spool)
-        assert status["status"] == "completed", status.get("error")
-        await assert_one_endpoint_deleted(sandbox)
-        folder = spool / "outbox" / status["job_id"]
-        metrics = json.loads((folder / "metrics.json").read_text())
-        assert set(metrics["models"]) == {"base", "finetuned"} and metrics["serving"]["minutes"] >= 1
-        assert status["endpoint"]["cost_usd"] == metrics["serving"]["cost_usd"] > 0
-        assert status["remote"]["endpoint_id"] == metrics["serving"]["endpoint_id"]
-        assert "Dedicated endpoint" in (folder / "report.md").read_text()
+        await assert_cost_is_the_bill(spool, sandbox, surface)
+        chosen = [line for line in (stdout + stderr).splitlines() if '"endpoint_surface"' in line]
+        assert len(chosen) == 1 and f'"{surface}"' in chosen[0], chosen
     finally:
         await sandbox.close()
 
@@ -150,11 +170,12 @@ async def test_cancel_while_the_endpoint_runs_deletes_it(spool: Path) -> None:
         await sandbox.close()
 
 
-@pytest.mark.parametrize("when", ["starting", "serving"])
-async def test_an_endpoint_in_error_ends_the_job_with_it_deleted(spool: Path, when: str) -> None:
-    """The endpoint goes ERROR while it starts (the job fails with Together's reason) or while it serves (the
-    fine-tuned answers fail, the job ends): either way the endpoint is deleted and no second one is created."""
-    sandbox = await dedicated_sandbox(latency_ms="40")
+@pytest.mark.parametrize(("when", "v2"), [("starting", True), ("serving", True), ("starting", False)])
+async def test_an_endpoint_in_error_ends_the_job_with_it_deleted(spool: Path, when: str, v2: bool) -> None:
+    """The endpoint goes ERROR (v2: its deployment FAILED) while it starts (the job fails with Together's reason)
+    or while it serves (the fine-tuned answers fail, the job ends): either way the endpoint is deleted and no second
+    one is created; on the v1 fallback too."""
+    sandbox = await dedicated_sandbox(latency_ms="40", v2_endpoints=v2)
     try:
         at_s = 60.0 if when == "starting" else 160.0 + 0.3 * SPEED
         async with aiohttp.ClientSession() as session:

@@ -35,7 +35,9 @@ class JournalKey(enum.StrEnum):
     POLL_STOPPED = "poll.stopped"  # JSON {reason, step}: a stop_when rule fired; recorded before the cancel
     MODEL = "model"  # the fine-tuned model's name, once the fine-tune completed
     ENDPOINT_INTENT = "serve.intent"  # the tag in the endpoint's display_name, before creating it
+    ENDPOINT_SURFACE = "serve.surface"  # the API (v2 | v1) it is created on, with the intent; none journaled: v1
     ENDPOINT_ID = "endpoint_id"
+    ENDPOINT_DEPLOYMENT = "serve.deployment_id"  # v2: the deployment under it, with the id
     ENDPOINT_PRICE = "serve.usd_per_minute"  # all replicas, journaled with the id
     ENDPOINT_CREATED_AT = "serve.created_at"  # epoch seconds: billing starts then
     ENDPOINT_DEADLINE = "serve.deadline_at"  # epoch seconds after which waiting for STARTED gives up

@@ -1,9 +1,10 @@
 """At start-up: delete the dedicated endpoints this daemon created for jobs that have already ended.
 
-Each endpoint carries its job's tag in `display_name` (handlers/serving.py), journaled before it was created; an
-endpoint whose tag belongs to a finished job of this state store (its cleanup failed, or the daemon died in it)
-is deleted. Endpoints of unfinished jobs are left to the jobs (they resume and delete their own), and endpoints
-this store never journaled (another daemon's) are never touched.
+Each endpoint carries its job's tag in `display_name` (handlers/serving.py), journaled before it was created with
+the API it was created on (`serve.surface`; none journaled: v1); an endpoint whose tag belongs to a finished job of
+this state store (its cleanup failed, or the daemon died in it) is looked up and deleted on that API. Endpoints of
+unfinished jobs are left to the jobs (they resume and delete their own), and endpoints this store never journaled
+(another daemon's) are never touched.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import structlog
 from daemon.errors import FinetunedError
 from daemon.jobs.context import JournalKey
 from daemon.jobs.state import TERMINAL, StateStore
-from daemon.remote.api import FineTuneAPI
+from daemon.remote.api import FineTuneAPI, Surface
 
 DISPLAY_PREFIX = "finetuned-"  # as handlers/serving.py names them
 log = structlog.get_logger()
 
 
-async def finished_tags(store: StateStore) -> dict[str, str]:
-    """Endpoint tag -> job id, for every ended job that journaled an endpoint intent and no release."""
-    tags: dict[str, str] = {}
+async def finished_tags(store: StateStore) -> dict[str, tuple[str, Surface]]:
+    """Endpoint tag -> (job id, surface), for every ended job that journaled an endpoint intent and no release."""
+    tags: dict[str, tuple[str, Surface]] = {}
     for job_id in await store.job_ids():
         record = await store.job(job_id)
         if record is None or record.status not in TERMINAL:
@@ -33,7 +34,7 @@ async def finished_tags(store: StateStore) -> dict[str, str]:
                 continue
             prefix = key.removesuffix(JournalKey.ENDPOINT_INTENT)
             if not record.journal.get(prefix + JournalKey.ENDPOINT_RELEASED):
-                tags[tag] = job_id
+                tags[tag] = (job_id, Surface(record.journal.get(prefix + JournalKey.ENDPOINT_SURFACE) or Surface.V1))
     return tags
 
 
@@ -46,14 +47,14 @@ async def sweep_endpoints(store: StateStore, remote: FineTuneAPI, *, timeout_s: 
         return []
     try:
         async with asyncio.timeout(timeout_s):
-            listed = await remote.find_endpoints(DISPLAY_PREFIX)
             swept = []
-            for endpoint in listed:
-                job_id = tags.get(endpoint.display_name.removeprefix(DISPLAY_PREFIX))
-                if job_id is not None:
-                    await remote.delete_endpoint(endpoint.id)
-                    log.warning("endpoint_swept", endpoint_id=endpoint.id, job_id=job_id, reason="its job had ended")
-                    swept.append(endpoint.id)
+            for surface in sorted({surface for _, surface in tags.values()}):
+                for endpoint in await remote.find_endpoints(DISPLAY_PREFIX, surface=surface):
+                    owner = tags.get(endpoint.display_name.removeprefix(DISPLAY_PREFIX))
+                    if owner is not None and owner[1] == surface:
+                        await remote.delete_endpoint(endpoint.id, surface=surface)
+                        log.warning("endpoint_swept", endpoint_id=endpoint.id, job_id=owner[0], surface=surface)
+                        swept.append(endpoint.id)
             return swept
     except (FinetunedError, TimeoutError) as exc:
         log.error("endpoint_sweep_failed", error=str(exc) or type(exc).__name__)

@@ -6,7 +6,9 @@ The upload/create/poll steps call `ctx.remote`, a `FineTuneAPI`; the Together ad
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -83,7 +85,7 @@ class RemoteJob:
 
 
 class EndpointState(StrEnum):
-    """A dedicated endpoint's state (the contract's enum)."""
+    """A dedicated endpoint's state (the contract's enum; the v2 surface's deployment states are mapped onto it)."""
 
     PENDING = "PENDING"
     STARTING = "STARTING"
@@ -93,9 +95,18 @@ class EndpointState(StrEnum):
     ERROR = "ERROR"
 
 
+class Surface(StrEnum):
+    """Which API an endpoint lives on: the SDK's project-scoped one, or the contract's `/v1/endpoints`."""
+
+    V2 = "v2"  # /v2/projects/{project_id}/endpoints + deployments (SDK 3.1.1's typed methods)
+    V1 = "v1"  # /v1/endpoints + /v1/hardware (the published OpenAPI contract)
+
+
 @dataclass(frozen=True)
 class RemoteEndpoint:
-    """A dedicated endpoint: `id` manages it, `name` is the model name chat requests use while it is STARTED."""
+    """A dedicated endpoint: `id` manages it, `name` is the model name chat requests use while it is STARTED.
+    `incomplete` when its set-up was interrupted (v2: an endpoint with no deployment routed yet): creating it again
+    completes it. `created_s` is when it started billing, on the provider's clock (None if not given)."""
 
     id: str
     name: str
@@ -104,10 +115,14 @@ class RemoteEndpoint:
     model: str | None
     hardware: str | None
     raw: dict[str, Any]
+    surface: Surface = Surface.V1
+    deployment_id: str | None = None
+    incomplete: bool = False
+    created_s: float | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RemoteEndpoint:
-        """From the endpoint object (contract: id, name, state, ...); `name` falls back to the id."""
+        """From the contract's endpoint object (id, name, state, ...); `name` falls back to the id."""
         return cls(
             id=str(raw["id"]),
             name=str(raw.get("name") or raw["id"]),
@@ -116,6 +131,7 @@ class RemoteEndpoint:
             model=raw.get("model"),
             hardware=raw.get("hardware"),
             raw=raw,
+            created_s=epoch_s(raw.get("created_at")),
         )
 
     @property
@@ -130,14 +146,57 @@ class RemoteEndpoint:
         return f"the endpoint is {self.state}"
 
 
+def epoch_s(value: Any) -> float | None:
+    """A provider timestamp (ISO-8601, `Z` or offset, or epoch seconds) as epoch seconds; None when absent/bad."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+class Clock(StrEnum):
+    """Where an endpoint's billed minutes were read from (best first)."""
+
+    PROVIDER = "provider"  # its own start and stop timestamps
+    PROVIDER_DATE = "provider-date"  # its start timestamp, and the `Date` header of the answer that stopped it
+    DAEMON = "daemon"  # the daemon's wall clock: journaled creation to release
+
+
+@dataclass(frozen=True)
+class EndpointUsage:
+    """When a deleted endpoint billed, as far as the provider's answers tell: `started_s` (its creation) and
+    `ended_s` (when it stopped: its stop timestamp, else the `Date` of the answer that stopped it), epoch seconds
+    on the provider's clock, and which of the two `ended_s` is."""
+
+    started_s: float | None
+    ended_s: float | None
+    end_clock: Clock = Clock.PROVIDER
+
+    def minutes(self, journaled_start_s: float, now_s: float) -> tuple[int, Clock]:
+        """Started minutes billed (at least one): on the provider's clock when both ends are known, else from the
+        daemon's journaled creation to `now_s` (the daemon's clock)."""
+        if self.started_s is not None and self.ended_s is not None:
+            start, end, clock = self.started_s, self.ended_s, self.end_clock
+        else:
+            start, end, clock = journaled_start_s, now_s, Clock.DAEMON
+        return max(1, math.ceil((end - start) / 60 - 1e-9)), clock
+
+
 @dataclass(frozen=True)
 class HardwareOption:
-    """One hardware configuration an endpoint can run on, with its price per minute and availability."""
+    """One hardware configuration an endpoint can run on, with its price per minute and availability; `config`
+    is the provider's config revision that runs on it (v2), if any."""
 
     id: str
     cents_per_minute: float
     availability: str  # available | unavailable | insufficient (the contract's enum); "unknown" when not given
     gpu_count: int | None = None
+    config: str | None = None
 
     @property
     def usd_per_minute(self) -> float:
@@ -147,13 +206,14 @@ class HardwareOption:
 
 @dataclass(frozen=True)
 class EndpointRequest:
-    """Everything a create-endpoint call sends."""
+    """Everything a create-endpoint call sends; `display_name` (with the job's tag) also names a v2 endpoint."""
 
     model: str
     hardware: str
     replicas: int
     display_name: str
     inactive_timeout_min: int | None = None
+    config: str | None = None
 
 
 BATCH_TERMINAL = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
@@ -245,6 +305,8 @@ class FineTuneAPI(Protocol):
     """What the upload/create/poll steps use (as `ctx.remote`); daemon.remote.together.TogetherAPI implements it.
 
     Every method raises only daemon.errors types: Paused, TransientError, RemoteRejected, DatasetError, BadInput.
+    The endpoint methods act on `surface` (None: the one this run chose, `endpoint_surface()`), so that an endpoint
+    is always managed on the API that created it.
     """
 
     async def upload(self, path: Path, *, sha256: str) -> RemoteFile: ...
@@ -260,12 +322,13 @@ class FineTuneAPI(Protocol):
     async def cancel(self, job_id: str) -> RemoteJob: ...
     async def serves_serverless(self, model: str) -> bool: ...
     async def model_prices(self) -> dict[str, tuple[float, float]]: ...
-    async def hardware(self, model: str) -> list[HardwareOption]: ...
-    async def create_endpoint(self, request: EndpointRequest) -> RemoteEndpoint: ...
-    async def get_endpoint(self, endpoint_id: str) -> RemoteEndpoint | None: ...
-    async def find_endpoints(self, tag: str) -> list[RemoteEndpoint]: ...
-    async def stop_endpoint(self, endpoint_id: str) -> None: ...
-    async def delete_endpoint(self, endpoint_id: str) -> None: ...
+    async def endpoint_surface(self) -> Surface: ...
+    async def hardware(self, model: str, *, surface: Surface | None = None) -> list[HardwareOption]: ...
+    async def create_endpoint(self, request: EndpointRequest, *, surface: Surface | None = None) -> RemoteEndpoint: ...
+    async def get_endpoint(self, endpoint_id: str, *, surface: Surface | None = None) -> RemoteEndpoint | None: ...
+    async def find_endpoints(self, tag: str, *, surface: Surface | None = None) -> list[RemoteEndpoint]: ...
+    async def stop_endpoint(self, endpoint_id: str, *, surface: Surface | None = None) -> None: ...
+    async def delete_endpoint(self, endpoint_id: str, *, surface: Surface | None = None) -> EndpointUsage | None: ...
     async def upload_batch_input(self, path: Path) -> str: ...
     async def create_batch(self, input_file_id: str) -> RemoteBatch: ...
     async def get_batch(self, batch_id: str) -> RemoteBatch: ...

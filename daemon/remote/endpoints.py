@@ -1,13 +1,16 @@
-"""Dedicated endpoints over the contract's `/v1/endpoints` and `/v1/hardware`: the wire, and its answers parsed.
+"""Dedicated endpoints over the contract's `/v1/endpoints` and `/v1/hardware` (the fallback surface; the SDK's
+project-scoped one is in projects.py): the wire, and the answer parsing both share.
 
 `EndpointWire` drives any client with Stainless's raw `get/post/patch/delete(path, cast_to=httpx.Response)`
 (the adapter passes the SDK's AsyncTogether; nothing here imports the SDK). Answers are read in either shape: a list
-as `{"data": [...]}` or bare; hardware as the contract's `pricing.cents_per_minute` + `availability.status`, or as
-SDK 3.1.1's instance types (`priceCentsPerHour`, `gpuCount`).
+as `{"data": [...]}` or bare; fields in snake_case (v1) or camelCase (v2); hardware as the contract's
+`pricing.cents_per_minute` + `availability.status`, or as SDK 3.1.1's instance types (`priceCentsPerHour`, `gpuCount`,
+`regions[].headroom`).
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,7 +18,15 @@ from typing import Any, TypeVar
 import httpx
 
 from daemon.errors import RemoteRejected
-from daemon.remote.api import EndpointRequest, HardwareOption, RemoteEndpoint
+from daemon.remote.api import (
+    Clock,
+    EndpointRequest,
+    EndpointState,
+    EndpointUsage,
+    HardwareOption,
+    RemoteEndpoint,
+    epoch_s,
+)
 
 T = TypeVar("T")
 Caller = Callable[[str, Callable[[], Awaitable[T]]], Awaitable[T]]
@@ -32,6 +43,45 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
+def pick(row: dict[str, Any], *names: str) -> Any:
+    """The first of `names` that `row` has (not None): one field read in either naming (`createdAt`, `created_at`)."""
+    return next((row[name] for name in names if row.get(name) is not None), None)
+
+
+def date_s(response: httpx.Response) -> float | None:
+    """The answer's `Date` header (the provider's now) as epoch seconds; None when absent or unreadable."""
+    try:
+        return email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def usage(stopped: dict[str, Any], answered_s: float | None, started_s: float | None) -> EndpointUsage:
+    """Billing of an endpoint (or deployment) from the answer that stopped it: its own update time, else the
+    answer's Date; `started_s` on the same clock."""
+    updated = epoch_s(pick(stopped, "updatedAt", "updated_at"))
+    if updated is not None:
+        return EndpointUsage(started_s, updated, Clock.PROVIDER)
+    return EndpointUsage(started_s, answered_s, Clock.PROVIDER_DATE)
+
+
+def availability(row: dict[str, Any]) -> str:
+    """The contract's `availability.status`; else from an instance type's regions: available with headroom
+    somewhere, insufficient when every region says none fits, unavailable when offered nowhere, else unknown."""
+    given = row.get("availability")
+    if isinstance(given, dict) and given.get("status"):
+        return str(given["status"])
+    regions = row.get("regions")
+    if not isinstance(regions, list):
+        return "unknown"
+    if not regions:
+        return "unavailable"
+    rooms = [r["headroom"].get("value") for r in regions if isinstance(r, dict) and isinstance(r.get("headroom"), dict)]
+    if any(isinstance(room, int) and room > 0 for room in rooms):
+        return "available"
+    return "insufficient" if rooms and len(rooms) == len(regions) else "unknown"
+
+
 def rows(body: Any) -> list[dict[str, Any]]:
     """The objects of a list answer, `{"data": [...]}` or a bare list."""
     listed = body.get("data") if isinstance(body, dict) else body
@@ -46,13 +96,9 @@ def hardware_option(row: dict[str, Any]) -> HardwareOption | None:
         cents = float(row["priceCentsPerHour"]) / 60
     if not isinstance(cents, int | float) or "id" not in row:
         return None
-    availability = row.get("availability")
-    status = availability.get("status") if isinstance(availability, dict) else None
     specs = row.get("specs")
     count = specs.get("gpu_count") if isinstance(specs, dict) else row.get("gpuCount")
-    return HardwareOption(
-        str(row["id"]), float(cents), str(status or "unknown"), count if isinstance(count, int) else None
-    )
+    return HardwareOption(str(row["id"]), float(cents), availability(row), count if isinstance(count, int) else None)
 
 
 def is_not_serverless(error: RemoteRejected) -> bool:
@@ -72,11 +118,20 @@ class RawWire:
         self._call = call
 
     async def _request(self, what: str, method: str, path: str, **options: Any) -> Any:
+        return _json(await self._send(what, method, path, **options))
+
+    async def _dated(self, what: str, method: str, path: str, **options: Any) -> tuple[Any, float | None]:
+        """The answer and its Date header."""
+        response = await self._send(what, method, path, **options)
+        return _json(response), date_s(response)
+
+    async def _send(self, what: str, method: str, path: str, **options: Any) -> httpx.Response:
         async def send() -> httpx.Response:
             response: httpx.Response = await getattr(self._client, method)(path, cast_to=httpx.Response, **options)
             return response
 
-        return _json(await self._call(what, send))
+        answered: httpx.Response = await self._call(what, send)
+        return answered
 
 
 class EndpointWire(RawWire):
@@ -137,10 +192,26 @@ class EndpointWire(RawWire):
         """Ask it to stop (billing ends once STOPPED)."""
         await self._request("stop endpoint", "patch", f"/v1/endpoints/{endpoint_id}", body={"state": "STOPPED"})
 
-    async def delete(self, endpoint_id: str) -> None:
-        """Delete it; an endpoint already gone (404) counts as deleted."""
+    async def delete(self, endpoint_id: str) -> EndpointUsage | None:
+        """Stop it (unless it has stopped already), then delete it; when it billed, as its answers tell (None when
+        it was already gone: a 404 counts as deleted)."""
+        path = f"/v1/endpoints/{endpoint_id}"
         try:
-            await self._request("delete endpoint", "delete", f"/v1/endpoints/{endpoint_id}")
+            body, answered_s = await self._dated("get endpoint", "get", path)
+        except RemoteRejected as exc:
+            if exc.http_status == 404:
+                return None
+            raise
+        current = RemoteEndpoint.from_json(body)
+        if current.state not in STOPPED_STATES:
+            body, answered_s = await self._dated("stop endpoint", "patch", path, body={"state": "STOPPED"})
+        used = usage(body if isinstance(body, dict) else {}, answered_s, current.created_s)
+        try:
+            await self._request("delete endpoint", "delete", path)
         except RemoteRejected as exc:
             if exc.http_status != 404:
                 raise
+        return used
+
+
+STOPPED_STATES = frozenset({EndpointState.STOPPING, EndpointState.STOPPED, EndpointState.ERROR})

@@ -28,6 +28,7 @@ from daemon.errors import BadInput, DatasetError, FinetunedError, Paused, Remote
 from daemon.logs import Redactor
 from daemon.remote.api import (
     EndpointRequest,
+    EndpointUsage,
     FineTuneRequest,
     HardwareOption,
     PriceEstimate,
@@ -35,11 +36,13 @@ from daemon.remote.api import (
     RemoteEndpoint,
     RemoteFile,
     RemoteJob,
+    Surface,
 )
 from daemon.remote.batchwire import BatchWire
 from daemon.remote.classify import classify
 from daemon.remote.contract import checkpoint_rows, complete_limits, metric_rows, price_estimate
 from daemon.remote.endpoints import EndpointWire, is_not_serverless
+from daemon.remote.surfaces import Surfaces
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -89,6 +92,7 @@ class TogetherAPI:
         self._redactor = redactor if redactor is not None else Redactor(settings.secrets())
         self._limits: dict[str, FinetuneModelLimits] = {}
         self._endpoints = EndpointWire(self._client, self._call)
+        self._surfaces = Surfaces(self._client, self._call, self._endpoints, settings.together_project_id)
         self._batches = BatchWire(self._client, self._call)
         self._uploaded: dict[str, RemoteFile] = {}
 
@@ -308,29 +312,33 @@ class TogetherAPI:
             raise
         return True
 
-    async def hardware(self, model: str) -> list[HardwareOption]:
+    async def endpoint_surface(self) -> Surface:
+        """The endpoint API this run uses (chosen once: v2 unless the server lacks it)."""
+        return await self._surfaces.chosen()
+
+    async def hardware(self, model: str, *, surface: Surface | None = None) -> list[HardwareOption]:
         """The hardware configurations compatible with `model`, priced."""
-        return await self._endpoints.hardware(model)
+        return await (await self._surfaces.wire(surface)).hardware(model)
 
-    async def create_endpoint(self, request: EndpointRequest) -> RemoteEndpoint:
-        """Create and start a dedicated endpoint (sent once: the caller journals and adopts, never re-sends)."""
-        return await self._endpoints.create(request)
+    async def create_endpoint(self, request: EndpointRequest, *, surface: Surface | None = None) -> RemoteEndpoint:
+        """Create and start a dedicated endpoint (v2: completes a half-made one of the same name)."""
+        return await (await self._surfaces.wire(surface)).create(request)
 
-    async def get_endpoint(self, endpoint_id: str) -> RemoteEndpoint | None:
+    async def get_endpoint(self, endpoint_id: str, *, surface: Surface | None = None) -> RemoteEndpoint | None:
         """The endpoint, or None once it is gone."""
-        return await self._endpoints.get(endpoint_id)
+        return await (await self._surfaces.wire(surface)).get(endpoint_id)
 
-    async def find_endpoints(self, tag: str) -> list[RemoteEndpoint]:
-        """The dedicated endpoints whose display name contains `tag`."""
-        return await self._endpoints.find(tag)
+    async def find_endpoints(self, tag: str, *, surface: Surface | None = None) -> list[RemoteEndpoint]:
+        """The dedicated endpoints whose (display) name contains `tag`."""
+        return await (await self._surfaces.wire(surface)).find(tag)
 
-    async def stop_endpoint(self, endpoint_id: str) -> None:
+    async def stop_endpoint(self, endpoint_id: str, *, surface: Surface | None = None) -> None:
         """Stop it (billing ends)."""
-        await self._endpoints.stop(endpoint_id)
+        await (await self._surfaces.wire(surface)).stop(endpoint_id)
 
-    async def delete_endpoint(self, endpoint_id: str) -> None:
-        """Delete it (a 404 counts as deleted)."""
-        await self._endpoints.delete(endpoint_id)
+    async def delete_endpoint(self, endpoint_id: str, *, surface: Surface | None = None) -> EndpointUsage | None:
+        """Stop and delete it; when it billed (None when it was already gone)."""
+        return await (await self._surfaces.wire(surface)).delete(endpoint_id)
 
     async def probe(self) -> None:
         """A cheap authenticated call; raises Paused while the key or the account is still refused."""

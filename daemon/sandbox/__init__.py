@@ -80,10 +80,17 @@ Everything it answers is SIMULATED; reports made against it must say so. What it
   after `endpoint_startup_s` simulated s, billed per started minute x replicas until stopped (PATCH `state`),
   deleted (204) or idle past `inactive_timeout`; chat to its `name` only while STARTED (else 400
   `dedicated_endpoint_not_running`). `POST /_sandbox/endpoint-failures` `{"message", "at_s", "count"}` sends the
-  next endpoints to ERROR. Stats: `endpoints: {created, running, deleted, minutes_billed, cost_usd}`.
-* `lean` (knob, `--lean`): every answer listed in lean.py is pruned to the fields the contract declares.
-* Errors use Together's shape `{"id", "error": {"message", "type", "param", "code"}}`. `/v1/` routes want
-  `Authorization: Bearer <any key>` (or exactly `api_key` when one is configured).
+  next endpoints (v2: deployments) to ERROR. Stats: `endpoints: {created, running, deleted, deployments: {created,
+  deleted}, minutes_billed, cost_usd}`.
+* The SDK's project-scoped surface (routes_v2.py, projects.py; knob `v2_endpoints`, off: 404): whoami, endpoints
+  (named entry points, listed with `filter=name:"..."`, routed by a traffic split), deployments (the billed units
+  above: PROVISIONING, READY, STOPPING, STOPPED, FAILED; autoscaling 0/0 stops one), instance types, configs and the
+  project's models (completed fine-tunes). Endpoint timestamps, `Date` headers and bills share the simulated clock
+  (Sandbox.sim_now).
+* `lean` (knob, `--lean`): every answer listed in lean.py is pruned to the fields the contract declares (v2: the
+  fields the SDK's types require).
+* Errors use Together's shape `{"id", "error": {"message", "type", "param", "code"}}`. `/v1/`, `/v2/`, `/v3/`
+  routes want `Authorization: Bearer <any key>` (or exactly `api_key` when one is configured).
 * Faults. `fault_rate` answers that share of `/v1/` requests with a random 429 (Retry-After, retry-after-ms,
   x-ratelimit-reset = `retry_after_s`) or 500/502/503 before the endpoint runs. Scripted faults:
   `POST /_sandbox/faults` with `{"kind", "route", "count", "retry_after_s", "delay_s", "message"}` (or
@@ -111,8 +118,8 @@ Everything it answers is SIMULATED; reports made against it must say so. What it
   "batch_id": null}` ends the next batch(es) (or one batch) that way at fraction `at` of its run (an EXPIRED
   batch keeps what it answered; the rest go to the error file as `batch_expired`); `GET`/`POST /_sandbox/config`
   with the knobs speed, latency_ms, fault_rate, retry_after_s, user_limit_usd, slots, context_tokens, flavour,
-  rate_limit_rpm, rate_limit_tpm, serverless_lora, lean, endpoint_startup_s (also `start_sandbox(...)` keywords
-  and `--kebab-case` flags;
+  rate_limit_rpm, rate_limit_tpm, serverless_lora, lean, endpoint_startup_s, v2_endpoints (also `start_sandbox(...)`
+  keywords and `--kebab-case` flags;
   defaults: slots 0, context_tokens 0, flavour together, rate limits 0, serverless_lora
   meta-llama/Meta-Llama-3.1-8B-Instruct-Reference and meta-llama/Meta-Llama-3.1-70B-Instruct-Reference).
 """
@@ -167,7 +174,8 @@ class SandboxHandle:
 async def start_sandbox(host: str = "127.0.0.1", port: int = 0, **knobs: Unpack[SandboxKnobs]) -> SandboxHandle:
     """Start serving on `host:port` (0 = a free port) and return once it accepts connections. Knobs: speed,
     latency_ms, fault_rate, seed, retry_after_s, api_key, user_limit_usd, slots, context_tokens, flavour,
-    rate_limit_rpm, rate_limit_tpm, serverless_lora, lean, endpoint_startup_s (see the package docstring)."""
+    rate_limit_rpm, rate_limit_tpm, serverless_lora, lean, endpoint_startup_s, v2_endpoints (see the package
+    docstring)."""
     sandbox = build_sandbox(knobs)
     listener = Listener(host, port)
     runner = web.AppRunner(

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lean", action="store_true", help="answer only the fields Together's published contract declares"
     )
+    parser.add_argument(
+        "--no-v2-endpoints",
+        dest="v2_endpoints",
+        action="store_false",
+        help="do not serve the SDK's project-scoped endpoint surface (/v2/projects/..., whoami): v1 only",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +79,7 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
             serverless_lora=args.serverless_lora,
             lean=args.lean,
             endpoint_startup_s=args.endpoint_startup_s,
+            v2_endpoints=args.v2_endpoints,
         )
     )
     loop = asyncio.get_running_loop()

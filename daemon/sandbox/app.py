@@ -7,7 +7,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from daemon.sandbox import admin, outages, routes_batches, routes_chat, routes_endpoints, routes_files, routes_jobs
+from daemon.sandbox import (
+    admin,
+    outages,
+    routes_batches,
+    routes_chat,
+    routes_endpoints,
+    routes_files,
+    routes_jobs,
+    routes_v2,
+)
 from daemon.sandbox.faults import Fault, error_response, fault_response
 from daemon.sandbox.lean import lean_answer
 from daemon.sandbox.listener import LISTENER, Listener
@@ -44,7 +53,7 @@ async def sandbox_middleware(request: web.Request, handler: Handler) -> web.Stre
         sb.stats.faults[key] += 1
         return fault_response(fault)
     sb.stats.requests[key] += 1
-    if request.path.startswith("/v1/") and not _authorized(sb, request):
+    if request.path.startswith(("/v1/", "/v2/", "/v3/")) and not _authorized(sb, request):
         return error_response(401, "Invalid API key provided.", code="invalid_api_key")
     response = _lean(sb, key, await _answer(request, handler))
     if fault is None:
@@ -104,7 +113,7 @@ def make_app(sb: Sandbox, listener: Listener) -> web.Application:
     app = web.Application(middlewares=[sandbox_middleware], client_max_size=MAX_UPLOAD_BYTES)
     app[SANDBOX] = sb
     app[LISTENER] = listener
-    tables = (routes_files, routes_jobs, routes_chat, routes_batches, routes_endpoints, admin, outages)
+    tables = (routes_files, routes_jobs, routes_chat, routes_batches, routes_endpoints, routes_v2, admin, outages)
     for module in tables:
         app.router.add_routes(module.routes)
     return app

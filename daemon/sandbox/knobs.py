@@ -31,6 +31,7 @@ class SandboxKnobs(TypedDict, total=False):
     serverless_lora: str | Sequence[str]
     lean: bool
     endpoint_startup_s: float
+    v2_endpoints: bool
 
 
 def build_sandbox(knobs: SandboxKnobs) -> Sandbox:
@@ -77,6 +78,7 @@ def describe(sb: Sandbox) -> dict[str, Any]:
         "serverless_lora": list(sb.serverless_lora),
         "lean": sb.lean,
         "endpoint_startup_s": sb.endpoint_startup_s,
+        "v2_endpoints": sb.v2_endpoints,
     }
 
 
@@ -99,7 +101,7 @@ def _count(value: Any, name: str) -> int:
 def _set_speed(sb: Sandbox, value: Any) -> None:
     if float(value) <= 0:
         raise ValueError("speed must be > 0")
-    sb.speed = float(value)
+    sb.set_speed(float(value))
 
 
 def _set_fault_rate(sb: Sandbox, value: Any) -> None:
@@ -158,6 +160,12 @@ def _set_lean(sb: Sandbox, value: Any) -> None:
     sb.lean = value
 
 
+def _set_v2(sb: Sandbox, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError("v2_endpoints must be true or false")
+    sb.v2_endpoints = value
+
+
 SETTERS: dict[str, Callable[[Sandbox, Any], None]] = {
     "speed": _set_speed,
     "latency_ms": _set_latency,
@@ -172,6 +180,7 @@ SETTERS: dict[str, Callable[[Sandbox, Any], None]] = {
     "serverless_lora": _set_serverless,
     "lean": _set_lean,
     "endpoint_startup_s": _set_startup,
+    "v2_endpoints": _set_v2,
 }
 DEFAULTS: dict[str, Any] = {
     "speed": DEFAULT_SPEED,
@@ -187,4 +196,5 @@ DEFAULTS: dict[str, Any] = {
     "serverless_lora": ",".join(DEFAULT_SERVERLESS_LORA),
     "lean": False,
     "endpoint_startup_s": 120.0,
+    "v2_endpoints": True,
 }

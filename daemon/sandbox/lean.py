@@ -1,8 +1,9 @@
-"""The `lean` knob: answer only the fields Together's published contract declares (openapi.yaml, v2.0.0).
+"""The `lean` knob: answer only the fields Together's published contract declares (openapi.yaml, v2.0.0), and on the
+SDK's project-scoped surface (`/v2/...`) only the fields SDK 3.1.1's types require.
 
-With it on, every successful JSON answer of a route listed here is pruned to its contract shape, so a client that
-works against a lean sandbox needs nothing the contract does not promise. A shape maps a key to None (keep the
-value whole), to a nested shape (an object), or to a one-element list holding the shape of the list's items.
+With it on, every successful JSON answer of a route listed here is pruned to its shape, so a client that works
+against a lean sandbox needs nothing the contract (or the SDK's types) does not promise. A shape maps a key to None
+(keep the value whole), to a nested shape (an object), or to a one-element list holding the shape of its items.
 Routes not listed (the SDK-only upload calls, chat, models, batches, errors) are answered as they are.
 """
 
@@ -105,8 +106,71 @@ HARDWARE: Shape = {
     "specs": _keep("gpu_type", "gpu_link", "gpu_memory", "gpu_count"),
     "availability": _keep("status"),
 }
+# SDK 3.1.1's types, required fields only (types/endpoint.py, endpoint_deployment.py, deployment_status.py,
+# endpoints/inference_instance_type.py, models/config.py, model.py, whoami_project_api_key.py)
+SUMMARY_V2: Shape = {
+    **_keep("id", "createdAt", "estimatedEffectiveTrafficShare", "model", "modelId", "name", "state", "trafficMode"),
+    "autoscaling": {},
+}
+ENDPOINT_V2: Shape = {
+    **_keep("id", "createdAt", "endpointType", "etag", "name", "projectId", "updatedAt", "visibility"),
+    "trafficSplit": [_keep("deploymentId", "weight")],
+    "deployments": [SUMMARY_V2],
+}
+DEPLOYMENT_V2: Shape = {
+    **_keep(
+        "id",
+        "config",
+        "configId",
+        "createdAt",
+        "endpointId",
+        "etag",
+        "hardware",
+        "model",
+        "modelId",
+        "modelRevisionId",
+        "name",
+        "projectId",
+        "trafficMode",
+        "updatedAt",
+    ),
+    "autoscaling": {},
+    "status": _keep("message", "state"),
+}
+INSTANCE_TYPE: Shape = {
+    **_keep("id", "description", "gpuCount", "gpuMemoryGib", "gpuType", "name", "priceCentsPerHour"),
+    "regions": [_keep("name")],
+}
+CONFIG_V2: Shape = {
+    **_keep("id", "certifications", "projectId", "referenceModel", "referenceModelId"),
+    "selectors": [_keep("key", "value")],
+}
+MODEL_V2: Shape = {**_keep("id", "name", "organizationId", "projectId", "visibility"), "weights": {}}
+WHOAMI: Shape = {
+    **_keep("type"),
+    "api_key": _keep("id"),
+    "organization": _keep("id", "name"),
+    "project": _keep("id", "name", "slug"),
+}
+V2 = "/v2/projects/{project}"
+SHAPES_V2: dict[str, Shape] = {
+    "GET /v1/whoami": WHOAMI,
+    "GET /v3/whoami": WHOAMI,
+    "GET /v2/public/inference-instance-types": {"data": [INSTANCE_TYPE], **_keep("object")},
+    f"GET {V2}/models": {"data": [MODEL_V2]},
+    f"GET {V2}/configs": {"data": [CONFIG_V2]},
+    f"POST {V2}/endpoints": ENDPOINT_V2,
+    f"GET {V2}/endpoints": {"data": [ENDPOINT_V2]},
+    f"GET {V2}/endpoints/{{id}}": ENDPOINT_V2,
+    f"PATCH {V2}/endpoints/{{id}}": ENDPOINT_V2,
+    f"POST {V2}/endpoints/{{endpoint}}/deployments": DEPLOYMENT_V2,
+    f"GET {V2}/endpoints/{{endpoint}}/deployments": {"data": [DEPLOYMENT_V2]},
+    f"GET {V2}/endpoints/{{endpoint}}/deployments/{{id}}": DEPLOYMENT_V2,
+    f"PATCH {V2}/endpoints/{{endpoint}}/deployments/{{id}}": DEPLOYMENT_V2,
+}
 
 SHAPES: dict[str, Shape] = {
+    **SHAPES_V2,
     "GET /v1/fine-tunes/models/limits": LIMITS,
     "POST /v1/fine-tunes/estimate-price": ESTIMATE,
     "POST /v1/fine-tunes": FINETUNE,

@@ -67,7 +67,7 @@ def resolve_served_model(sb: Sandbox, model: str) -> ServedModel | ChatError:
 
 
 def _on_endpoint(sb: Sandbox, endpoint: SandboxEndpoint) -> ServedModel | ChatError:
-    now = sb.clock()
+    now = sb.sim_now()
     if endpoint.state(now) != "STARTED":
         message = f"The dedicated endpoint for {endpoint.model} is not running (state {endpoint.state(now)})."
         return together_error(400, message, type_="invalid_request_error", code="dedicated_endpoint_not_running")

@@ -16,6 +16,7 @@ from daemon.sandbox.batches import SandboxBatch
 from daemon.sandbox.endpoints import SandboxEndpoint
 from daemon.sandbox.faults import FaultPlan, Stats
 from daemon.sandbox.models import DEFAULT_SERVERLESS_LORA
+from daemon.sandbox.projects import Entrypoint
 from daemon.sandbox.ratelimit import RateLimiter
 from daemon.sandbox.serving import ChatServing
 from daemon.sandbox.sim import Outcome, SandboxFile, SandboxJob
@@ -68,6 +69,7 @@ class Sandbox:
     serverless_lora: tuple[str, ...] = DEFAULT_SERVERLESS_LORA
     endpoint_startup_s: float = 120.0  # simulated seconds a dedicated endpoint takes to start
     lean: bool = False  # answer only the fields the contract declares (lean.py)
+    v2_endpoints: bool = True  # serve the SDK's project-scoped endpoint surface (off: its routes answer 404)
     serving: ChatServing = field(default_factory=ChatServing)
     limiter: RateLimiter = field(default_factory=RateLimiter)
     clock: Callable[[], float] = time.time
@@ -80,7 +82,8 @@ class Sandbox:
     batches: dict[str, SandboxBatch] = field(default_factory=dict)
     batch_outcomes: list[PendingOutcome] = field(default_factory=list)
     seen_models: set[str] = field(default_factory=set)
-    endpoints: dict[str, SandboxEndpoint] = field(default_factory=dict)  # deleted ones kept (flagged) for stats
+    endpoints: dict[str, SandboxEndpoint] = field(default_factory=dict)  # billed units: v1 endpoints, v2 deployments
+    entrypoints: dict[str, Entrypoint] = field(default_factory=dict)  # v2 endpoints (deleted ones kept, flagged)
     endpoint_failures: list[tuple[str, float]] = field(default_factory=list)  # (message, simulated s) for new ones
     unavailable_until_s: float = 0.0  # chat answers 503 until then (monotonic)
     loading_until_s: float = 0.0  # chat answers "loading" until then (monotonic)
@@ -89,6 +92,18 @@ class Sandbox:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self.started_at_s = self.clock()
+        self._anchor = (self.started_at_s, self.started_at_s)  # (wall s, simulated s) where `speed` last changed
+
+    def sim_now(self) -> float:
+        """Simulated epoch seconds: the wall clock at start-up, then running `speed` times as fast. Every endpoint
+        mark, timestamp, `Date` header and bill is on this clock."""
+        wall_s, sim_s = self._anchor
+        return sim_s + (self.clock() - wall_s) * self.speed
+
+    def set_speed(self, speed: float) -> None:
+        """Change `speed` from now on (the simulated clock stays continuous)."""
+        self._anchor = (self.clock(), self.sim_now())
+        self.speed = speed
 
     def reset(self) -> None:
         """Forget files, jobs, batches, scripted faults/outcomes, outages and counters (the knobs stay)."""
@@ -100,6 +115,7 @@ class Sandbox:
         self.batch_outcomes.clear()
         self.seen_models.clear()
         self.endpoints.clear()
+        self.entrypoints.clear()
         self.endpoint_failures.clear()
         self.faults.clear()
         self.stats.clear()
@@ -121,8 +137,14 @@ class Sandbox:
         return (lo if lo == hi else self._rng.uniform(lo, hi)) / 1000.0
 
     def live_endpoint(self, key: str) -> SandboxEndpoint | None:
-        """The (not deleted) endpoint with this id or name."""
-        return next((e for e in self.endpoints.values() if not e.deleted and key in (e.id, e.name)), None)
+        """The (not deleted) v1 endpoint or v2 deployment with this id or name; a v2 endpoint's name stands for the
+        first deployment its traffic split routes to."""
+        found = next((e for e in self.endpoints.values() if not e.deleted and key in (e.id, e.name)), None)
+        if found is not None:
+            return found
+        entry = next((e for e in self.entrypoints.values() if not e.deleted and e.name == key), None)
+        routed = [self.endpoints.get(d) for d, weight in entry.traffic if weight > 0] if entry is not None else []
+        return next((d for d in routed if d is not None and not d.deleted), None)
 
     def completed_output(self, model: str) -> SandboxJob | None:
         """The sandbox job whose output model is `model`, if any."""

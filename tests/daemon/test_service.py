@@ -78,7 +78,7 @@ class Probe:
     async def probe(self) -> None:
         return None
 
-    async def find_endpoints(self, prefix: str) -> list[Any]:
+    async def find_endpoints(self, prefix: str, *, surface: Any = None) -> list[Any]:
         return []
 
 

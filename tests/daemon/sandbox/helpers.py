@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import together
 
 from daemon.config import Settings
 from daemon.jobs.context import JobContext
+from daemon.sandbox import SandboxHandle
 from daemon.spec import JobSpec
 from tests.memory import DictJournal, MemoryItems, ProgressLog
 
@@ -87,3 +90,25 @@ async def stats(base_url: str) -> dict[str, Any]:
 async def script_fault(base_url: str, **fault: Any) -> None:
     """Script one fault (see daemon.sandbox)."""
     await admin(base_url, "POST", "/_sandbox/faults", fault)
+
+
+OTHER_BASE = "Qwen/Qwen2.5-7B-Instruct"  # not among the sandbox's serverless LoRA bases
+
+
+async def fine_tune(sdk: together.AsyncTogether, sandbox: SandboxHandle, tmp_path: Path) -> str:
+    """A completed fine-tune of OTHER_BASE (made with lean off: the SDK's create needs more than the contract);
+    its output model's name."""
+    lean, sandbox.sandbox.lean = sandbox.sandbox.lean, False
+    try:
+        return await _fine_tune(sdk, tmp_path)
+    finally:
+        sandbox.sandbox.lean = lean
+
+
+async def _fine_tune(sdk: together.AsyncTogether, tmp_path: Path) -> str:
+    uploaded = await sdk.files.upload(write_chat_jsonl(tmp_path / "train.jsonl"), purpose="fine-tune")
+    job = await sdk.fine_tuning.create(training_file=uploaded.id, model=OTHER_BASE, n_epochs=1, suffix="v2")
+    async with asyncio.timeout(10):
+        while (job := await sdk.fine_tuning.retrieve(job.id)).status != "completed":  # type: ignore[assignment]
+            await asyncio.sleep(0.02)
+    return str(job.x_model_output_name)

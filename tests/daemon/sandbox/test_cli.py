@@ -24,7 +24,7 @@ async def test_module_serves_until_sigterm() -> None:
     """The module entry point answers /_sandbox/config with its flags (serving ones too) and exits 0 on SIGTERM."""
     port = free_port()
     flags = "--speed 250 --latency-ms 5-10 --fault-rate 0.1 --slots 2 --context-tokens 4096 --flavour llama.cpp"
-    flags += " --rate-limit-rpm 120 --serverless-lora org/a,org/b --lean"
+    flags += " --rate-limit-rpm 120 --serverless-lora org/a,org/b --lean --no-v2-endpoints"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -59,6 +59,7 @@ async def test_module_serves_until_sigterm() -> None:
             "serverless_lora": ["org/a", "org/b"],
             "lean": True,
             "endpoint_startup_s": 120.0,
+            "v2_endpoints": False,
         }
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):

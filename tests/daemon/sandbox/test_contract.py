@@ -41,8 +41,8 @@ def closed(schema: Any) -> Any:
 class Contract:
     """Validates answers against one definition of the schema document."""
 
-    def __init__(self, *, lean: bool) -> None:
-        document = json.loads(SCHEMA_FILE.read_text())
+    def __init__(self, *, lean: bool, schema_file: Path = SCHEMA_FILE) -> None:
+        document = json.loads(schema_file.read_text())
         self.document = closed(document) if lean else document
         jsonschema.Draft202012Validator.check_schema(self.document)
         self.validators: dict[str, jsonschema.Draft202012Validator] = {}
