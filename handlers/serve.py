@@ -16,6 +16,7 @@ it: see handlers/serving.py.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -70,11 +71,13 @@ def choose_hardware(evaluate: EvaluateSpec, options: list[HardwareOption], model
 
 
 def check_endpoint_price(evaluate: EvaluateSpec, usd_per_minute: float, minutes: float) -> None:
-    """Refuse before creating anything when the expected cost is above `max_endpoint_usd`."""
-    expected = usd_per_minute * minutes
+    """Refuse before creating anything when the expected cost (every started minute billed, at least one) is above
+    `max_endpoint_usd`."""
+    billed = max(1, math.ceil(minutes - 1e-9))
+    expected = usd_per_minute * billed
     if evaluate.max_endpoint_usd is not None and expected > evaluate.max_endpoint_usd:
         raise RemoteRejected(
-            f"a dedicated endpoint at {usd(usd_per_minute)}/min for the expected {minutes:.0f} min would cost "
+            f"a dedicated endpoint at {usd(usd_per_minute)}/min for the expected {billed} started min would cost "
             f"{usd(expected)}, above evaluate.max_endpoint_usd {usd(evaluate.max_endpoint_usd)}; no endpoint was "
             "created (raise max_endpoint_usd, set evaluate.expected_eval_min, or pick cheaper evaluate.hardware)"
         )

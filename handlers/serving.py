@@ -6,8 +6,10 @@ the journal names (or, after a crash between the intent and the id, the one foun
 API the journal says it was created on, record the minutes and dollars in the journal (`serve.released`, shown in
 status.json), `endpoint.json` and `metrics.json`, and are idempotent. The minutes are counted on the provider's
 clock (its creation and stop timestamps, else the Date of the answer that stopped it), the daemon's wall clock
-only when its answers carry neither. The guard (a task owned here, tied to the job's task) stops the endpoint when
-the estimated spend (minutes since creation on the daemon's clock x price per minute) reaches `max_endpoint_usd`.
+only when its answers carry neither. The guard (a task owned here, tied to the job's task) keeps the bill within
+`max_endpoint_usd`: Together bills every started minute, so it stops the endpoint `STOP_MARGIN_S` before the first
+minute the budget cannot pay for would start, reading the time billed so far on the provider's clock (its creation
+timestamp to the Date of its latest answer; the daemon's clock when they are absent).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,16 @@ import structlog
 from daemon.errors import FinetunedError
 from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
-from daemon.remote.api import Clock, EndpointUsage, FineTuneAPI, Surface
+from daemon.remote.api import Clock, EndpointState, EndpointUsage, FineTuneAPI, RemoteEndpoint, Surface
 from daemon.remote.backoff import retry
 from daemon.spool.files import atomic_write_json
 
 DISPLAY_PREFIX = "finetuned-"  # every endpoint this daemon creates: display_name = prefix + the job's tag
 ENDPOINT_FILE = "endpoint.json"
+STOP_MARGIN_S = 10.0  # the guard stops this long (provider time) before an unpaid minute would start
+GUARD_MIN_WAIT_S, GUARD_MAX_WAIT_S = 0.01, 60.0  # between the guard's reads of the endpoint, on the daemon's clock
+ENDED = frozenset({EndpointState.STOPPING, EndpointState.STOPPED, EndpointState.ERROR})
+Reader = Callable[[], Awaitable[RemoteEndpoint | None]]
 METRICS_FILE = "metrics.json"
 CLOCK_WORDS: dict[str, str] = {
     Clock.PROVIDER: "between Together's own creation and stop timestamps",
@@ -39,7 +47,7 @@ CLOCK_WORDS: dict[str, str] = {
     Clock.DAEMON: "on the daemon's clock, from creation to deletion",
 }
 log = structlog.get_logger()
-_guards: dict[str, asyncio.Task[None]] = {}
+_guards: dict[str, asyncio.Task[bool]] = {}
 
 
 def journaled_surface(ctx: JobContext) -> Surface | None:
@@ -51,16 +59,21 @@ def journaled_surface(ctx: JobContext) -> Surface | None:
 
 
 def arm_budget_guard(ctx: JobContext, remote: FineTuneAPI, endpoint_id: str) -> None:
-    """With `max_endpoint_usd`, stop the endpoint once the spend reaches it (the guard ends with the job)."""
+    """With `max_endpoint_usd`, stop the endpoint before its bill would pass it (the guard ends with the job)."""
     evaluate = ctx.spec.evaluate
     price = float(ctx.journal.get(JournalKey.ENDPOINT_PRICE) or 0.0)
     if evaluate is None or evaluate.max_endpoint_usd is None or price <= 0:
         return
-    created = float(ctx.journal.get(JournalKey.ENDPOINT_CREATED_AT) or time.time())
-    stop_at = created + evaluate.max_endpoint_usd / price * 60
+    surface = journaled_surface(ctx)
+    guard_of = SpendGuard(
+        endpoint_id,
+        payable_minutes(evaluate.max_endpoint_usd, price),
+        float(ctx.journal.get(JournalKey.ENDPOINT_CREATED_AT) or time.time()),
+    )
     _disarm(ctx.job_id)
-    stop = functools.partial(remote.stop_endpoint, endpoint_id, surface=journaled_surface(ctx))
-    guard = asyncio.create_task(_stop_at(stop, endpoint_id, stop_at, evaluate.max_endpoint_usd))
+    read = functools.partial(remote.get_endpoint, endpoint_id, surface=surface)
+    stop = functools.partial(remote.stop_endpoint, endpoint_id, surface=surface)
+    guard = asyncio.create_task(guard_of.run(read, stop, evaluate.max_endpoint_usd))
     _guards[ctx.job_id] = guard
     job_task = asyncio.current_task()
     if job_task is not None:
@@ -75,13 +88,53 @@ def rearm_budget_guard(ctx: JobContext, served: StepOutput | None) -> None:
     arm_budget_guard(ctx, ctx.remote, str(served["endpoint_id"]))
 
 
-async def _stop_at(stop: Callable[[], Awaitable[None]], endpoint_id: str, stop_at: float, budget_usd: float) -> None:
-    await asyncio.sleep(max(0.0, stop_at - time.time()))
-    log.error("endpoint_budget_reached", endpoint_id=endpoint_id, max_endpoint_usd=budget_usd)
-    try:
-        await stop()
-    except FinetunedError as exc:
-        log.error("endpoint_stop_failed", endpoint_id=endpoint_id, error=str(exc))
+def payable_minutes(budget_usd: float, usd_per_minute: float) -> int:
+    """How many started minutes `budget_usd` pays for (Together bills each started minute in full)."""
+    return math.floor(budget_usd / usd_per_minute + 1e-9)
+
+
+@dataclass(frozen=True)
+class SpendGuard:
+    """Stops one endpoint before it starts a minute the budget cannot pay for. Time billed is read on the provider's
+    clock; the wait between reads is half the time left, converted to the daemon's clock at the rate the two clocks
+    have run since creation (a real provider's runs at ours; the sandbox's runs `speed` times faster)."""
+
+    endpoint_id: str
+    payable_minutes: int
+    created_s: float  # the daemon's clock when the endpoint was asked for
+
+    async def run(self, read: Reader, stop: Callable[[], Awaitable[None]], budget_usd: float) -> bool:
+        """Read the endpoint until it ends (False) or its paid time is up: then stop it (True)."""
+        while (left_s := await self._left_s(read)) is not None:
+            if left_s <= 0:
+                log.error("endpoint_budget_reached", endpoint_id=self.endpoint_id, max_endpoint_usd=budget_usd)
+                try:
+                    await stop()
+                except FinetunedError as exc:  # the job's release deletes it in any case
+                    log.error("endpoint_stop_failed", endpoint_id=self.endpoint_id, error=str(exc))
+                return True
+            await asyncio.sleep(left_s)
+        return False
+
+    async def _left_s(self, read: Reader) -> float | None:
+        """The wait before the next read (<= 0: stop now); None once the endpoint is gone or stopped."""
+        try:
+            endpoint = await read()
+        except FinetunedError as exc:
+            log.warning("endpoint_guard_read_failed", endpoint_id=self.endpoint_id, error=str(exc))
+            return GUARD_MAX_WAIT_S / 4
+        if endpoint is None or endpoint.state in ENDED:
+            return None
+        now_s = time.time()
+        start, seen = endpoint.created_s, endpoint.observed_s
+        if start is None or seen is None:
+            start, seen = self.created_s, now_s
+        billed_s = seen - start
+        left_s = self.payable_minutes * 60 - STOP_MARGIN_S - billed_s
+        if left_s <= 0:
+            return 0.0
+        rate = billed_s / (now_s - self.created_s) if billed_s > 0 and now_s > self.created_s else 1.0
+        return min(GUARD_MAX_WAIT_S, max(GUARD_MIN_WAIT_S, left_s / 2 / rate))
 
 
 def _disarm(job_id: str) -> None:
@@ -93,7 +146,7 @@ def _disarm(job_id: str) -> None:
 def budget_reached(ctx: JobContext) -> bool:
     """Whether the spend guard has stopped this job's endpoint."""
     guard = _guards.get(ctx.job_id)
-    return guard is not None and guard.done() and not guard.cancelled()
+    return guard is not None and guard.done() and not guard.cancelled() and guard.exception() is None and guard.result()
 
 
 async def _delete(ctx: JobContext, remote: FineTuneAPI, tag: str) -> tuple[str | None, EndpointUsage | None]:

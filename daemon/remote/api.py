@@ -106,7 +106,8 @@ class Surface(StrEnum):
 class RemoteEndpoint:
     """A dedicated endpoint: `id` manages it, `name` is the model name chat requests use while it is STARTED.
     `incomplete` when its set-up was interrupted (v2: an endpoint with no deployment routed yet): creating it again
-    completes it. `created_s` is when it started billing, on the provider's clock (None if not given)."""
+    completes it. `created_s` is when it started billing and `observed_s` when this answer was made, both on the
+    provider's clock (None if not given)."""
 
     id: str
     name: str
@@ -119,6 +120,7 @@ class RemoteEndpoint:
     deployment_id: str | None = None
     incomplete: bool = False
     created_s: float | None = None
+    observed_s: float | None = None  # the provider's clock when it answered (its Date header), if given
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RemoteEndpoint:

@@ -10,6 +10,7 @@ as `{"data": [...]}` or bare; fields in snake_case (v1) or camelCase (v2); hardw
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 from collections.abc import Awaitable, Callable
@@ -175,12 +176,12 @@ class EndpointWire(RawWire):
     async def get(self, endpoint_id: str) -> RemoteEndpoint | None:
         """The endpoint, or None when Together no longer has it (404)."""
         try:
-            body = await self._request("get endpoint", "get", f"/v1/endpoints/{endpoint_id}")
+            body, answered_s = await self._dated("get endpoint", "get", f"/v1/endpoints/{endpoint_id}")
         except RemoteRejected as exc:
             if exc.http_status == 404:
                 return None
             raise
-        return RemoteEndpoint.from_json(body)
+        return dataclasses.replace(RemoteEndpoint.from_json(body), observed_s=answered_s)
 
     async def find(self, tag: str) -> list[RemoteEndpoint]:
         """The dedicated endpoints whose display name contains `tag`."""

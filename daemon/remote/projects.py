@@ -136,19 +136,20 @@ class ProjectWire:
                 return None
             raise
 
-    async def _deployment(self, endpoint_id: str, deployment_id: str) -> dict[str, Any]:
-        deployments = self._client.endpoints.deployments
-        return _dict(
-            await self._call(
-                "get deployment",
-                lambda: deployments.retrieve(deployment_id, endpoint_id=endpoint_id, project_id=self._pid),
-            )
+    async def _deployment(self, endpoint_id: str, deployment_id: str) -> tuple[dict[str, Any], float | None]:
+        """The deployment as answered, and the answer's Date (the provider's now)."""
+        raw = self._client.endpoints.deployments.with_raw_response
+        response = await self._call(
+            "get deployment", lambda: raw.retrieve(deployment_id, endpoint_id=endpoint_id, project_id=self._pid)
         )
+        return dict(response.http_response.json()), date_s(response.http_response)
 
     async def _with_deployment(self, row: dict[str, Any]) -> RemoteEndpoint:
         summaries = row.get("deployments") or []
-        first = _dict(summaries[0]) if summaries else None
-        return endpoint(row, await self._deployment(str(row["id"]), str(first["id"])) if first else None)
+        if not summaries:
+            return endpoint(row, None)
+        deployment, answered_s = await self._deployment(str(row["id"]), str(_dict(summaries[0])["id"]))
+        return dataclasses.replace(endpoint(row, deployment), observed_s=answered_s)
 
     async def get(self, endpoint_id: str) -> RemoteEndpoint | None:
         """The endpoint and its deployment's state, or None when it is gone (404)."""
@@ -246,7 +247,7 @@ class ProjectWire:
         return used[0] if used else EndpointUsage(None, None)
 
     async def _delete_deployment(self, endpoint_id: str, deployment_id: str) -> EndpointUsage:
-        current = await self._deployment(endpoint_id, deployment_id)
+        current, _ = await self._deployment(endpoint_id, deployment_id)
         stopped, answered_s = current, None
         if deployment_state(current) not in STOPPED:
             stopped, answered_s = await self._scale_to_zero(endpoint_id, deployment_id)

@@ -151,24 +151,41 @@ async def test_a_crash_between_intent_and_id_adopts_the_tagged_endpoint(
 async def test_the_spend_guard_stops_the_endpoint_at_max_endpoint_usd(
     tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
 ) -> None:
-    """With a budget of 0.6 s of billing (expected time set below it), the guard stops the endpoint."""
-    spec = spec_for(OTHER_BASE, max_endpoint_usd=0.0004, expected_eval_min=0.001)
+    """A budget paying for 5 minutes at $0.04, 2 of them spent starting up: the guard, reading the time billed on
+    the sandbox's clock (speed 60: a minute lasts 1 s), stops the endpoint in its fifth minute, before a sixth
+    starts; the sandbox's bill is the budget's 5 minutes, not more."""
+    spec = spec_for(OTHER_BASE, max_endpoint_usd=0.20, expected_eval_min=5)
     ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec)
+    await admin(sandbox.base_url, "POST", "/_sandbox/config", {"speed": 60.0})
     out = await serve.run(ctx, inputs)
     endpoint = sandbox.sandbox.live_endpoint(out["model"])
-    assert endpoint is not None
-    async with asyncio.timeout(5):
+    assert endpoint is not None and out["usd_per_minute"] == pytest.approx(0.04)
+    async with asyncio.timeout(20):
         while endpoint.billing(sandbox.sandbox.sim_now()):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
+    now_s = sandbox.sandbox.sim_now()
+    assert endpoint.billed_minutes(now_s) == 5 and endpoint.cost_usd(now_s) <= 0.20
     released = await serve.release(ctx, {**inputs, "serve": out})
     assert released["budget_reached"] is True and "max_endpoint_usd" in released["note"]
+    assert released["minutes"] == 5 and released["cost_usd"] == pytest.approx(0.20)
+
+
+async def test_a_budget_below_one_minute_is_refused_before_an_endpoint_exists(
+    tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
+) -> None:
+    """Every started minute is billed: $0.03 cannot pay for one minute at $0.04, however short the expected time."""
+    spec = spec_for(OTHER_BASE, max_endpoint_usd=0.03, expected_eval_min=0.001)
+    ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec)
+    with pytest.raises(RemoteRejected, match="for the expected 1 started min would cost \\$0.04"):
+        await serve.run(ctx, inputs)
+    assert (await endpoint_stats(sandbox))["created"] == 0
 
 
 async def test_the_spend_guard_is_armed_again_for_an_evaluation_resumed_after_a_restart(
     tmp_path: Path, remote_settings: Settings, api: TogetherAPI, sandbox: SandboxHandle
 ) -> None:
     """A restarted daemon (no guard in memory) re-arms it from serve's output when the evaluation resumes."""
-    spec = spec_for(OTHER_BASE, max_endpoint_usd=0.0004, expected_eval_min=0.001)
+    spec = spec_for(OTHER_BASE, max_endpoint_usd=0.04, expected_eval_min=1)
     ctx, inputs = await fine_tuned(tmp_path, remote_settings, api, spec)
     out = await serve.run(ctx, inputs)
     serving._disarm(ctx.job_id)  # what a new process has: no guard
