@@ -168,19 +168,24 @@ async def test_run_applies_min_examples_and_context(tmp_path: Path) -> None:
         await validate.run(ctx, {"prepare": {"train_file": str(train), "validation_file": None}})
 
 
-async def prepared_by_prepare(tmp_path: Path, rows: list[Any], **finetune: Any) -> tuple[Any, dict[str, Any]]:
-    """A job context and the real `prepare` step's output for CoQA `rows`."""
+async def prepared_by_prepare(
+    tmp_path: Path, rows: list[Any], dataset: dict[str, Any] | None = None, **finetune: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A job context and the real `prepare` step's output for CoQA `rows` (more `dataset` keys if given)."""
     source = write_jsonl(tmp_path / "src.jsonl", rows)
-    spec: dict[str, Any] = {"name": "v", "dataset": {"source": str(source), "validation_size": 2}}
+    spec: dict[str, Any] = {"name": "v", "dataset": {"source": str(source), "validation_size": 2, **(dataset or {})}}
     if finetune:
         spec["finetune"] = {"model": "m", **finetune}
     ctx = make_context(tmp_path, spec)
     return ctx, {"prepare": await prepare.run(ctx, {})}
 
 
-async def test_prepared_coqa_is_trusted_unchanged_with_the_full_reports_counts(tmp_path: Path) -> None:
-    """CoQA checked as prepare wrote it is not read again; its report equals the line-by-line one."""
-    ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12))
+@pytest.mark.parametrize("max_turns", [None, 2])
+async def test_prepared_coqa_is_trusted_unchanged_with_the_full_reports_counts(
+    tmp_path: Path, max_turns: int | None
+) -> None:
+    """CoQA checked as prepare wrote it (also cut to max_turns) is not read again; its report is the full one."""
+    ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12), {"max_turns": max_turns})
     await validate.run(ctx, inputs)
     files = json.loads((ctx.out_dir / "validation.json").read_text())["files"]
     for name, document in files.items():
