@@ -40,6 +40,7 @@ class FileReport:
     max_tokens: int | None
     min_examples: int
     method: str = "line by line"
+    processes: int = 1
     format: str | None = None
     examples: int = 0
     size_bytes: int = 0
@@ -122,8 +123,8 @@ def validate_file(
         if report.size_bytes > MAX_FILE_BYTES:
             report.add(None, Kind.FILE_TOO_LARGE, f"the file is {report.size_bytes} bytes; the limit is 50.1 GiB")
         if fast:
-            used = _check_split(fh, report, _ranges(fh, report.size_bytes, processes))
-            report.method = "msgspec" + (f", {used} processes" if used > 1 else "")
+            report.processes = _check_split(fh, report, _ranges(fh, report.size_bytes, processes))
+            report.method = "msgspec" + (f", {report.processes} processes" if report.processes > 1 else "")
         else:
             _check_range(fh, report, 0, report.size_bytes, first=1, fast=False)
     if report.size_bytes == 0 or report.examples == 0:
