@@ -146,10 +146,11 @@ def markdown(r: dict[str, Any]) -> str:
         "|:---|---:|---:|---:|",
         *(f"| {name} | {m['s']:.2f} | {m['cpu_s']:.2f} | {m['mib']:.0f} |" for name, m in rows),
         "",
-        f"Data job: **{cook['s'] / ours['s']:.1f}x** faster than the cookbook's way "
-        f"(CPU {cook['cpu_s'] / ours['cpu_s']:.1f}x), "
-        f"peak memory {ours['mib']:.0f} vs {cook['mib']:.0f} MiB. `validate`: **{chk['s'] / val['s']:.1f}x** "
-        f"faster than `check_file` on the same file.",
+        f"Data job: **{cook['s'] / ours['s']:.2f}x** faster than the cookbook's way "
+        f"(CPU {cook['cpu_s'] / ours['cpu_s']:.2f}x), "
+        f"peak memory {ours['mib']:.0f} vs {cook['mib']:.0f} MiB. `validate`: **{chk['s'] / val['s']:.2f}x** "
+        f"faster than `check_file` on the same file (CPU {chk['cpu_s'] / val['cpu_s']:.2f}x), "
+        f"peak memory {val['mib']:.0f} vs {chk['mib']:.0f} MiB.",
     ]
     return "\n".join(lines) + "\n"
 
