@@ -15,4 +15,5 @@ def write_section(title: str, section: str, report: Path = REPORT) -> None:
         report.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
         return
     end = text.find("\n## ", start + 1)
-    report.write_text(text[:start] + section + (text[end + 1 :] if end != -1 else ""), encoding="utf-8")
+    rest = "\n" + text[end + 1 :] if end != -1 else ""  # a blank line before the next section
+    report.write_text(text[:start] + section.rstrip("\n") + "\n" + rest, encoding="utf-8")

@@ -12,8 +12,8 @@ from daemon.remote import hosts
 from daemon.spec import JobSpec, parse_spec
 from daemon.spool.names import printable
 from handlers.dataset.stats import TOKEN_ESTIMATE
+from handlers.dataset.validator import FileReport, validate_file
 from handlers.prepare import prepare_dataset
-from handlers.validate import FileReport, validate_file
 
 
 def check_spec(path: Path, settings: Settings, out: TextIO) -> int:

@@ -126,16 +126,16 @@ class CoqaMapper:
     def example(self, row: Mapping[str, Any], max_turns: int | None) -> Example:
         """The cookbook's line, built from escaped strings directly (the same bytes as `encode_line(messages)`)."""
         system = fill_prompt(self.template, _story_row(row))
-        questions, answers = _plain_list(row, "questions"), _plain_list(row, "answers")
-        try:
-            line = cookbook_line(system, questions[:max_turns], answers[:max_turns])
+        try:  # None (not a list) fails here too
+            questions, answers = _plain_list(row, "questions")[:max_turns], _plain_list(row, "answers")[:max_turns]
+            line = cookbook_line(system, questions, answers)
         except TypeError:  # not a list of strings: the checked path names the column and item
             questions, answers = _texts(row, "questions")[:max_turns], _texts(row, "answers")[:max_turns]
             line = cookbook_line(system, questions, answers)
         pairs = min(len(questions), len(answers))
-        asked, answered = questions[:pairs], answers[:pairs]
+        asked, answered = questions[:pairs], answers[:pairs]  # all strings: `cookbook_line` encoded them
         characters = len(system) + sum(map(len, asked)) + sum(map(len, answered))
-        checked = pairs > 0 and all(text.strip() for text in (system, *asked, *answered))
+        checked = pairs > 0 and all(map(str.strip, (system, *asked, *answered)))
         return line, characters, 1 + 2 * pairs, pairs, checked
 
     def messages(self, row: Mapping[str, Any]) -> list[Message]:

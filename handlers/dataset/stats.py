@@ -61,6 +61,19 @@ class FileStats:
             self.longest = {"line": where, "characters": characters, "estimated_tokens": tokens, "turns": turns}
         return tokens
 
+    def absorb(self, later: FileStats, line_offset: int) -> None:
+        """Add the totals of a later part of the file, whose lines are numbered from 1 after `line_offset` lines.
+
+        The longest example stays the first of the longest, as when counting line by line.
+        """
+        if later.longest and later.longest["estimated_tokens"] > self.longest.get("estimated_tokens", -1):
+            self.longest = {**later.longest, "line": later.longest["line"] + line_offset}
+        self.examples += later.examples
+        self.turns += later.turns
+        self.messages += later.messages
+        self.characters += later.characters
+        self.estimated_tokens += later.estimated_tokens
+
     def as_dict(self) -> dict[str, Any]:
         """The totals as written to dataset.json and validation.json."""
         return {

@@ -12,7 +12,7 @@ from together.lib import check_file
 from daemon.errors import DatasetError
 from daemon.spec import DatasetSpec
 from handlers import prepare, validate
-from handlers.validate import validate_file
+from handlers.dataset.validator import validate_file
 from tests.handlers.dataset_helpers import coqa_rows, make_context, write_jsonl
 
 OK = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
@@ -168,24 +168,29 @@ async def test_run_applies_min_examples_and_context(tmp_path: Path) -> None:
         await validate.run(ctx, {"prepare": {"train_file": str(train), "validation_file": None}})
 
 
-async def prepared_by_prepare(tmp_path: Path, rows: list[Any], **finetune: Any) -> tuple[Any, dict[str, Any]]:
-    """A job context and the real `prepare` step's output for CoQA `rows`."""
+async def prepared_by_prepare(
+    tmp_path: Path, rows: list[Any], dataset: dict[str, Any] | None = None, **finetune: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A job context and the real `prepare` step's output for CoQA `rows` (more `dataset` keys if given)."""
     source = write_jsonl(tmp_path / "src.jsonl", rows)
-    spec: dict[str, Any] = {"name": "v", "dataset": {"source": str(source), "validation_size": 2}}
+    spec: dict[str, Any] = {"name": "v", "dataset": {"source": str(source), "validation_size": 2, **(dataset or {})}}
     if finetune:
         spec["finetune"] = {"model": "m", **finetune}
     ctx = make_context(tmp_path, spec)
     return ctx, {"prepare": await prepare.run(ctx, {})}
 
 
-async def test_prepared_coqa_is_trusted_unchanged_with_the_full_reports_counts(tmp_path: Path) -> None:
-    """CoQA checked as prepare wrote it is not read again; its report equals the line-by-line one."""
-    ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12))
+@pytest.mark.parametrize("max_turns", [None, 2])
+async def test_prepared_coqa_is_trusted_unchanged_with_the_full_reports_counts(
+    tmp_path: Path, max_turns: int | None
+) -> None:
+    """CoQA checked as prepare wrote it (also cut to max_turns) is not read again; its report is the full one."""
+    ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12), {"max_turns": max_turns})
     await validate.run(ctx, inputs)
     files = json.loads((ctx.out_dir / "validation.json").read_text())["files"]
     for name, document in files.items():
         assert document.pop("method") == "checked as written"
-        full = validate_file(ctx.out_dir / name, columnar=False, min_examples=document["min_examples"]).as_dict()
+        full = validate_file(ctx.out_dir / name, fast=False, min_examples=document["min_examples"]).as_dict()
         full.pop("method")
         assert document == full
 
@@ -205,9 +210,9 @@ async def test_a_file_changed_after_prepare_is_read_and_its_bad_line_named(tmp_p
 async def test_examples_over_the_context_are_each_named_despite_the_proof(tmp_path: Path) -> None:
     """A proof says nothing about context length beyond the longest example: too-long lines are read and named."""
     ctx, inputs = await prepared_by_prepare(tmp_path, coqa_rows(12), max_seq_length=64)
-    long_lines = validate_file(Path(inputs["prepare"]["train_file"]), max_tokens=64, columnar=False).kinds["too_long"]
+    long_lines = validate_file(Path(inputs["prepare"]["train_file"]), max_tokens=64, fast=False).kinds["too_long"]
     assert long_lines > 1
     with pytest.raises(DatasetError, match=rf"too_long x{long_lines}\)"):
         await validate.run(ctx, inputs)
     files = json.loads((ctx.out_dir / "validation.json").read_text())["files"]
-    assert files["train.jsonl"]["method"] == "line by line"
+    assert files["train.jsonl"]["method"] == "msgspec"  # read, not trusted
