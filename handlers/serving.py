@@ -47,7 +47,7 @@ CLOCK_WORDS: dict[str, str] = {
     Clock.DAEMON: "on the daemon's clock, from creation to deletion",
 }
 log = structlog.get_logger()
-_guards: dict[str, asyncio.Task[bool]] = {}
+_guards: dict[str, tuple[SpendGuard, asyncio.Task[None]]] = {}
 
 
 def journaled_surface(ctx: JobContext) -> Surface | None:
@@ -74,7 +74,7 @@ def arm_budget_guard(ctx: JobContext, remote: FineTuneAPI, endpoint_id: str) -> 
     read = functools.partial(remote.get_endpoint, endpoint_id, surface=surface)
     stop = functools.partial(remote.stop_endpoint, endpoint_id, surface=surface)
     guard = asyncio.create_task(guard_of.run(read, stop, evaluate.max_endpoint_usd))
-    _guards[ctx.job_id] = guard
+    _guards[ctx.job_id] = (guard_of, guard)
     job_task = asyncio.current_task()
     if job_task is not None:
         job_task.add_done_callback(lambda _: guard.cancel())
@@ -93,7 +93,7 @@ def payable_minutes(budget_usd: float, usd_per_minute: float) -> int:
     return math.floor(budget_usd / usd_per_minute + 1e-9)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SpendGuard:
     """Stops one endpoint before it starts a minute the budget cannot pay for. Time billed is read on the provider's
     clock; the wait between reads is half the time left, converted to the daemon's clock at the rate the two clocks
@@ -102,19 +102,20 @@ class SpendGuard:
     endpoint_id: str
     payable_minutes: int
     created_s: float  # the daemon's clock when the endpoint was asked for
+    reached: bool = False  # set before the stop is sent, so a release racing the stop still reports it
 
-    async def run(self, read: Reader, stop: Callable[[], Awaitable[None]], budget_usd: float) -> bool:
-        """Read the endpoint until it ends (False) or its paid time is up: then stop it (True)."""
+    async def run(self, read: Reader, stop: Callable[[], Awaitable[None]], budget_usd: float) -> None:
+        """Read the endpoint until it ends or its paid time is up: then stop it."""
         while (left_s := await self._left_s(read)) is not None:
             if left_s <= 0:
+                self.reached = True
                 log.error("endpoint_budget_reached", endpoint_id=self.endpoint_id, max_endpoint_usd=budget_usd)
                 try:
                     await stop()
                 except FinetunedError as exc:  # the job's release deletes it in any case
                     log.error("endpoint_stop_failed", endpoint_id=self.endpoint_id, error=str(exc))
-                return True
+                return
             await asyncio.sleep(left_s)
-        return False
 
     async def _left_s(self, read: Reader) -> float | None:
         """The wait before the next read (<= 0: stop now); None once the endpoint is gone or stopped."""
@@ -138,15 +139,15 @@ class SpendGuard:
 
 
 def _disarm(job_id: str) -> None:
-    guard = _guards.pop(job_id, None)
-    if guard is not None:
-        guard.cancel()
+    armed = _guards.pop(job_id, None)
+    if armed is not None:
+        armed[1].cancel()
 
 
 def budget_reached(ctx: JobContext) -> bool:
-    """Whether the spend guard has stopped this job's endpoint."""
-    guard = _guards.get(ctx.job_id)
-    return guard is not None and guard.done() and not guard.cancelled() and guard.exception() is None and guard.result()
+    """Whether the spend guard has stopped (or is stopping) this job's endpoint."""
+    armed = _guards.get(ctx.job_id)
+    return armed is not None and armed[0].reached
 
 
 async def _delete(ctx: JobContext, remote: FineTuneAPI, tag: str) -> tuple[str | None, EndpointUsage | None]:
