@@ -1,4 +1,4 @@
-"""A step of a job's pipeline, and choosing the steps a spec runs (no handler imports here: see daemon/jobs/pipeline.py).
+"""A step of a job's pipeline, and choosing the steps a spec runs (no handler imports here: see jobs/pipeline.py).
 
 A step may name its handler as `"module:function"`: the module is imported when a job first chooses the step
 (`load_handlers`, in a thread), so a data-only job never loads the evaluation, serving or SDK code it does not use.
