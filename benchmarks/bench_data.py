@@ -33,7 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from bench_prepare import WORK, child_cookbook, generate  # noqa: E402
+from bench_prepare import WORK, child_cookbook, ensure_data  # noqa: E402
 from sections import write_section  # noqa: E402
 
 DATA_WORK = WORK.parent / "data"
@@ -98,9 +98,7 @@ def job_output(spool: Path) -> Path:
 
 def run(stories: int, repeat: int) -> dict[str, Any]:
     """Best of `repeat` alternating runs of every approach."""
-    data = WORK / f"data-{stories}"
-    if not data.exists():
-        generate(data, stories)
+    data = ensure_data(stories)
     DATA_WORK.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, __file__, "--child"]
     runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in ("cookbook", "finetuned", "validate", "check")}

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 import watchfiles
@@ -32,9 +32,13 @@ from daemon.metrics import MetricsListener
 from daemon.notify import Webhook, store_specs
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
+from daemon.remote.lazy import LazyRemote
 from daemon.spool import inbox
 from daemon.spool.intake import Intake
 from daemon.systemd import Notifier
+
+if TYPE_CHECKING:
+    from daemon.status_server import StatusServer
 
 log = structlog.get_logger()
 
@@ -94,16 +98,17 @@ class Service:
         steps: Sequence[Step],
         *,
         job_logs: JobLogs,
-        remote: FineTuneAPI | None = None,
+        remote: FineTuneAPI | LazyRemote | None = None,
         once: bool = False,
     ) -> None:
-        self.settings, self.steps, self.remote, self.once = settings, steps, remote, once
+        self.settings, self.steps, self.once = settings, steps, once
+        self.remote = remote if remote is None or isinstance(remote, LazyRemote) else LazyRemote.of(remote)
         self.job_logs = job_logs
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         self.notifier = Notifier(settings.notify_socket)
         self.gate = RemoteGate(
-            remote.probe if remote is not None else None, settings.pause_probe_s, on_change=self._changed
+            self.remote.probe if self.remote is not None else None, settings.pause_probe_s, on_change=self._changed
         )
         self._runner: Runner | None = None
         self._signals = 0
@@ -146,7 +151,7 @@ class Service:
         )
         intake = Intake(self.settings, self.runner)
         if self.remote is not None:  # endpoints of ended jobs whose cleanup did not finish (handlers/serving.py)
-            await sweep_endpoints(store, self.remote, timeout_s=3 * self.settings.request_timeout_s)
+            await sweep_endpoints(store, self.remote.get, timeout_s=3 * self.settings.request_timeout_s)
         resumed = await intake.recover()
         self.notifier.send("READY=1", f"STATUS=ready; {len(resumed)} job(s) resumed")
         log.info("daemon_ready", inbox=str(self.settings.inbox), outbox=str(self.settings.outbox), once=self.once)
@@ -165,16 +170,7 @@ class Service:
     @contextlib.asynccontextmanager
     async def _background(self) -> AsyncIterator[None]:
         """The watcher, the watchdog and the status server live exactly as long as the intake loop."""
-        from daemon.status_server import StatusServer  # imports aiohttp.web; only a running daemon needs it
-
-        server = StatusServer(self.settings, self.runner, self.gate)
-        try:
-            await server.start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot serve status on {self.settings.status_host}:{self.settings.status_port} "
-                f"({exc.strerror or exc}): choose another FINETUNED_STATUS_PORT (0: none)"
-            ) from exc
+        server = await self._status_server()
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(self._watch(), name="watcher")
             watchdog = tasks.create_task(self._watchdog(), name="watchdog")
@@ -184,7 +180,24 @@ class Service:
                 self.stop.set()
                 watcher.cancel()
                 watchdog.cancel()
-                await server.stop()
+                if server is not None:
+                    await server.stop()
+
+    async def _status_server(self) -> StatusServer | None:
+        """The status server, serving; None with no FINETUNED_STATUS_PORT (then aiohttp's server is not imported)."""
+        if not self.settings.status_port:
+            return None
+        from daemon.status_server import StatusServer
+
+        server = StatusServer(self.settings, self.runner, self.gate)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve status on {self.settings.status_host}:{self.settings.status_port} "
+                f"({exc.strerror or exc}): choose another FINETUNED_STATUS_PORT (0: none)"
+            ) from exc
+        return server
 
     async def _intake_loop(self, intake: Intake) -> None:
         """Scan at start, on every watch event and on the reconcile timer; with once, return when idle."""

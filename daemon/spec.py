@@ -250,6 +250,14 @@ class JobSpec(_Strict):
             raise ValueError("evaluate.models lists a model twice")
         return self
 
+    @property
+    def serves_finetune(self) -> bool:
+        """The job evaluates its own fine-tune on Together (the `serve` step), not on an `evaluate.endpoints` URL."""
+        evaluate = self.evaluate
+        if self.finetune is None or evaluate is None:
+            return False
+        return "finetuned" in evaluate.models and "finetuned" not in evaluate.endpoints
+
     def resolve_model(self, alias: str, finetuned_model: str | None = None) -> str:
         """Map `base`/`finetuned` to real model names; any other entry is already a model name."""
         if alias == "base":

@@ -27,23 +27,15 @@ from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
 from daemon.remote.api import EndpointRequest, EndpointState, FineTuneAPI, HardwareOption, RemoteEndpoint, Surface
 from daemon.remote.backoff import Backoff, retry
-from daemon.spec import EvaluateSpec, JobSpec
+from daemon.spec import EvaluateSpec
 from handlers.create import make_tag
 from handlers.serving import DISPLAY_PREFIX, arm_budget_guard, cleanup, journaled_surface, release
 
-__all__ = ["applies", "cleanup", "release", "run"]
+__all__ = ["cleanup", "release", "run"]
 STARTUP_ALLOWANCE_MIN = 10.0  # Together: start-up takes minutes ("up to 10"), billed
 SECONDS_PER_ANSWER = 2.0  # one chat answer, for the expected evaluation time when the spec gives none
 USABLE = ("available", "unknown")
 log = structlog.get_logger()
-
-
-def applies(spec: JobSpec) -> bool:
-    """The step runs when the spec evaluates its own fine-tune on Together (not on an `evaluate.endpoints` URL)."""
-    evaluate = spec.evaluate
-    if spec.finetune is None or evaluate is None:
-        return False
-    return "finetuned" in evaluate.models and "finetuned" not in evaluate.endpoints
 
 
 def expected_minutes(evaluate: EvaluateSpec, inputs: StepInputs) -> float:
@@ -85,7 +77,7 @@ def check_endpoint_price(evaluate: EvaluateSpec, usd_per_minute: float, minutes:
 
 async def _serverless(ctx: JobContext, remote: FineTuneAPI, model: str) -> bool:
     evaluate = ctx.spec.evaluate
-    assert evaluate is not None  # applies() checked it
+    assert evaluate is not None  # the spec's serves_finetune checked it
     if ctx.journal.get(JournalKey.ENDPOINT_INTENT) or evaluate.serve == "dedicated":
         return False
     if evaluate.serve == "serverless":

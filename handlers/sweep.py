@@ -130,10 +130,10 @@ async def _evaluated(ctx: JobContext, inputs: dict[str, StepOutput], base_done: 
     if ctx.spec.evaluate is None:
         return
     await base_done.wait()
-    if serve.applies(ctx.spec):
+    if ctx.spec.serves_finetune:
         await _checkpointed(ctx, "serve", serve.run, inputs)
     await _checkpointed(ctx, "evaluate", evaluate.run, inputs)
-    if serve.applies(ctx.spec):
+    if ctx.spec.serves_finetune:
         await _checkpointed(ctx, "release", serve.release, inputs)
 
 

@@ -4,9 +4,11 @@ steps, a second instance, the notify protocol, and every kind of inbox input thr
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,6 +19,7 @@ import pytest
 from daemon.sandbox import SandboxHandle, start_sandbox
 from tests.process import (
     API_KEY,
+    ROOT,
     daemon_env,
     events,
     only_status,
@@ -151,6 +154,25 @@ async def test_second_instance_is_refused(spool: Path) -> None:
     first.send_signal(signal.SIGTERM)
     await asyncio.wait_for(first.communicate(), 15)
     assert first.returncode == 0
+
+
+async def test_a_data_job_imports_no_remote_code(spool: Path) -> None:
+    """A data-only job completes, with a Together key set, without importing the SDK, aiohttp, the sandbox or the
+    evaluation and serving steps: they load only for the jobs that use them."""
+    drop(spool, "data", spec_text("data", spool / "data", finetune=False))
+    env = daemon_env(spool, "http://127.0.0.1:9")  # nothing listens there: nothing is asked
+    listing = spool / "modules.json"
+    script = "import json, sys; from daemon.cli import main; code = main(sys.argv[2:]); "
+    script += "open(sys.argv[1], 'w').write(json.dumps(sorted(sys.modules))); sys.exit(code)"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, listing, "run", "--once", cwd=ROOT, env=env
+    )
+    assert await asyncio.wait_for(process.wait(), 90) == 0
+    assert only_status(spool)["status"] == "completed"
+    imported = set(json.loads(listing.read_text()))
+    assert {"handlers.prepare", "handlers.validate"} <= imported
+    remote = {"together", "aiohttp", "daemon.remote.together", "daemon.sandbox", "handlers.evaluate", "handlers.serve"}
+    assert imported & remote == set()
 
 
 async def test_notify_protocol(spool: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ unfinished jobs are left to the jobs (they resume and delete their own), and end
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -38,15 +39,18 @@ async def finished_tags(store: StateStore) -> dict[str, tuple[str, Surface]]:
     return tags
 
 
-async def sweep_endpoints(store: StateStore, remote: FineTuneAPI, *, timeout_s: float) -> list[str]:
+async def sweep_endpoints(
+    store: StateStore, provider: Callable[[], Awaitable[FineTuneAPI]], *, timeout_s: float
+) -> list[str]:
     """Delete the endpoints of ended jobs (call it before any job resumes); returns their ids. Nothing is asked of
-    Together when no ended job ever had an endpoint. One try within `timeout_s`: a failure is logged and the next
-    start-up tries again."""
+    Together, and the provider is not even built, when no ended job ever had an endpoint. One try within
+    `timeout_s`: a failure is logged and the next start-up tries again."""
     tags = await finished_tags(store)
     if not tags:
         return []
     try:
         async with asyncio.timeout(timeout_s):
+            remote = await provider()
             swept = []
             for surface in sorted({surface for _, surface in tags.values()}):
                 for endpoint in await remote.find_endpoints(DISPLAY_PREFIX, surface=surface):

@@ -1,10 +1,12 @@
-"""The job as a short linear list of checkpointed steps; which of them run follows from the spec's sections."""
+"""The job as a short linear list of checkpointed steps; which of them run follows from the spec's sections.
+
+Handlers are named, not imported: a job imports the modules of the steps it runs (daemon/jobs/steps.py).
+"""
 
 from __future__ import annotations
 
 from daemon.jobs.steps import Step
 from daemon.spec import JobSpec
-from handlers import create, evaluate, poll, prepare, report, serve, sweep, upload, validate
 
 
 def _always(_spec: JobSpec) -> bool:
@@ -29,7 +31,7 @@ def _evaluates(spec: JobSpec) -> bool:
 
 def _serves(spec: JobSpec) -> bool:
     """A sweep's variants each serve their own fine-tune (inside `sweep`)."""
-    return serve.applies(spec) and spec.sweep is None
+    return spec.serves_finetune and spec.sweep is None
 
 
 def _reports(spec: JobSpec) -> bool:
@@ -38,14 +40,32 @@ def _reports(spec: JobSpec) -> bool:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("prepare", prepare.run, _always),
-    Step("validate", validate.run, _always),
-    Step("upload", upload.run, _uploads, remote=True, needs_together=True),
-    Step("create", create.run, _finetunes, remote=True, needs_together=True, cleanup=create.cleanup),
-    Step("poll", poll.run, _finetunes, remote=True, needs_together=True, waits=True),
-    Step("serve", serve.run, _serves, remote=True, needs_together=True, cleanup=serve.cleanup, waits=True),
-    Step("evaluate", evaluate.run, _evaluates, remote=True),
-    Step("release", serve.release, _serves, remote=True, needs_together=True),
-    Step("sweep", sweep.run, _sweeps, remote=True, needs_together=True, cleanup=sweep.cleanup, waits=True),
-    Step("report", report.run, _reports),
+    Step("prepare", "handlers.prepare:run", _always),
+    Step("validate", "handlers.validate:run", _always),
+    Step("upload", "handlers.upload:run", _uploads, remote=True, needs_together=True),
+    Step(
+        "create", "handlers.create:run", _finetunes, remote=True, needs_together=True, on_end="handlers.create:cleanup"
+    ),
+    Step("poll", "handlers.poll:run", _finetunes, remote=True, needs_together=True, waits=True),
+    Step(
+        "serve",
+        "handlers.serve:run",
+        _serves,
+        remote=True,
+        needs_together=True,
+        on_end="handlers.serve:cleanup",
+        waits=True,
+    ),
+    Step("evaluate", "handlers.evaluate:run", _evaluates, remote=True),
+    Step("release", "handlers.serve:release", _serves, remote=True, needs_together=True),
+    Step(
+        "sweep",
+        "handlers.sweep:run",
+        _sweeps,
+        remote=True,
+        needs_together=True,
+        on_end="handlers.sweep:cleanup",
+        waits=True,
+    ),
+    Step("report", "handlers.report:run", _reports),
 )

@@ -34,10 +34,11 @@ from daemon.jobs.faults import crash_point
 from daemon.jobs.publishing import LiveJob, Publisher
 from daemon.jobs.state import TERMINAL, JobStatus, StateStore
 from daemon.jobs.status import JobListener, error_info, iso
-from daemon.jobs.steps import Step, steps_for
+from daemon.jobs.steps import Step, load_handlers, steps_for
 from daemon.logs import JobLogs
 from daemon.remote.api import FineTuneAPI
 from daemon.remote.gate import RemoteGate
+from daemon.remote.lazy import LazyRemote
 from daemon.spec import JobSpec, parse_spec
 from daemon.spool import outbox
 from daemon.spool.names import printable
@@ -62,7 +63,7 @@ class Runner(Publisher):
         *,
         steps: Sequence[Step],
         job_logs: JobLogs,
-        remote: FineTuneAPI | None = None,
+        remote: LazyRemote | None = None,
         on_change: Callable[[], None] = lambda: None,
         listeners: Sequence[JobListener] = (),
     ) -> None:
@@ -259,7 +260,15 @@ class Runner(Publisher):
         await self._store.set_status(job_id, JobStatus.running)
         await self.publish(job_id)
         log.info("job_started", name=spec.name, resumed=bool(record.steps))
-        return self._context(job_id, spec, dict(record.journal))
+        return self._context(job_id, spec, dict(record.journal), await self._prepare_steps(spec))
+
+    async def _prepare_steps(self, spec: JobSpec) -> FineTuneAPI | None:
+        """Import the handlers of the steps this job runs, and build the provider if one of them is remote."""
+        steps = steps_for(spec, self._steps)
+        await asyncio.to_thread(load_handlers, steps)
+        if self._remote is None or not any(step.remote for step in steps):
+            return None
+        return await self._remote.get()
 
     async def _execute(self, ctx: JobContext) -> None:
         record = await self._store.job(ctx.job_id)
@@ -283,7 +292,7 @@ class Runner(Publisher):
                         await step.cleanup(ctx, str(status))
         await self._finish(job_id, status, error, duration_s)
 
-    def _context(self, job_id: str, spec: JobSpec, journal: dict[str, str]) -> JobContext:
+    def _context(self, job_id: str, spec: JobSpec, journal: dict[str, str], remote: FineTuneAPI | None) -> JobContext:
         return JobContext(
             job_id=job_id,
             spec=spec,
@@ -293,7 +302,7 @@ class Runner(Publisher):
             journal=StoreJournal(self._store, self.settings, job_id, journal),
             items=StoreItems(self._store, job_id),
             progress=lambda **fields: self._progress(job_id, fields),
-            remote=self._remote,
+            remote=remote,
         )
 
     async def _run_step(self, ctx: JobContext, step: Step, outputs: StepInputs) -> StepOutput:

@@ -127,15 +127,14 @@ class CoqaMapper:
         """The cookbook's line, built from escaped strings directly (the same bytes as `encode_line(messages)`)."""
         system = fill_prompt(self.template, _story_row(row))
         try:  # None (not a list) fails here too
-            questions, answers = _plain_list(row, "questions")[:max_turns], _plain_list(row, "answers")[:max_turns]
+            questions, answers = _paired(_plain_list(row, "questions"), _plain_list(row, "answers"), max_turns)
             line = cookbook_line(system, questions, answers)
         except TypeError:  # not a list of strings: the checked path names the column and item
-            questions, answers = _texts(row, "questions")[:max_turns], _texts(row, "answers")[:max_turns]
+            questions, answers = _paired(_texts(row, "questions"), _texts(row, "answers"), max_turns)
             line = cookbook_line(system, questions, answers)
-        pairs = min(len(questions), len(answers))
-        asked, answered = questions[:pairs], answers[:pairs]  # all strings: `cookbook_line` encoded them
-        characters = len(system) + sum(map(len, asked)) + sum(map(len, answered))
-        checked = pairs > 0 and all(map(str.strip, (system, *asked, *answered)))
+        pairs = len(questions)  # all strings now: `cookbook_line` encoded them
+        characters = len(system) + sum(map(len, questions)) + sum(map(len, answers))
+        checked = pairs > 0 and bool(system.strip()) and all(map(str.strip, questions)) and all(map(str.strip, answers))
         return line, characters, 1 + 2 * pairs, pairs, checked
 
     def messages(self, row: Mapping[str, Any]) -> list[Message]:
@@ -188,6 +187,14 @@ def _plain_list(row: Mapping[str, Any], column: str) -> Any:
     if type(value) is dict:
         value = value.get("input_text")
     return value if type(value) is list else None
+
+
+def _paired(questions: list[Any], answers: list[Any], max_turns: int | None) -> tuple[list[Any], list[Any]]:
+    """Both lists cut to the pairs the cookbook's `zip` makes, at most `max_turns`; as they are when nothing is cut."""
+    pairs = min(len(questions), len(answers), len(questions) if max_turns is None else max_turns)
+    if len(questions) == len(answers) == pairs:
+        return questions, answers
+    return questions[:pairs], answers[:pairs]
 
 
 def _texts(row: Mapping[str, Any], column: str) -> list[str]:

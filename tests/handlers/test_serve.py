@@ -17,6 +17,7 @@ from daemon.jobs.context import JobContext, JournalKey
 from daemon.jobs.leftover_endpoints import sweep_endpoints
 from daemon.jobs.state import JobStatus, StateStore
 from daemon.remote.api import EndpointRequest, Surface
+from daemon.remote.lazy import LazyRemote
 from daemon.remote.together import TogetherAPI
 from daemon.sandbox import SandboxHandle, start_sandbox
 from daemon.spec import JobSpec
@@ -237,7 +238,7 @@ async def test_start_up_sweep_deletes_endpoints_of_ended_jobs_only(
             request = EndpointRequest(BASE_MODEL, "1x_nvidia_a100_80gb_pcie", 1, name)
             v1[name] = await api.create_endpoint(request, surface=Surface.V1)
         v2 = {name: await project_endpoint(sandbox, name) for name in ("finetuned-ccccc0003", "finetuned-bbbbb0002")}
-        swept = await sweep_endpoints(store, api, timeout_s=5)
+        swept = await sweep_endpoints(store, LazyRemote.of(api).get, timeout_s=5)
     finally:
         await store.close()
     assert swept == [v1["finetuned-aaaaa0001"].id, v2["finetuned-ccccc0003"]]
