@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.config import Settings  # noqa: E402
+from daemon.jobs.capabilities import StoreItems  # noqa: E402
 from daemon.jobs.context import JobContext  # noqa: E402
 from daemon.jobs.state import ITEM_COMMIT_INTERVAL_S, StateStore  # noqa: E402
 from daemon.spec import JobSpec  # noqa: E402
@@ -94,17 +95,6 @@ class MemoryItems:
         return None
 
 
-class SqliteItems:
-    def __init__(self, store: StateStore, job_id: str) -> None:
-        self.store, self.job_id = store, job_id
-
-    async def load(self, group: str) -> dict[str, dict[str, Any]]:
-        return await self.store.load_items(self.job_id, group)
-
-    async def save(self, group: str, item_id: str, record: dict[str, Any]) -> None:
-        await self.store.save_item(self.job_id, group, item_id, record)
-
-
 class Journal:
     def get(self, key: str) -> str | None:
         return None
@@ -132,7 +122,7 @@ async def run_ours(base_url: str, eval_file: Path, work: Path, concurrency: int,
     items: Any = MemoryItems()
     if state is not None:
         await state.add_job("bench", "bench", "bench.yaml")
-        items = SqliteItems(state, "bench")
+        items = StoreItems(state, "bench")  # the runner's own capability (each save shielded)
     settings = Settings(together_base_url=base_url, together_api_key=KEY)
     ctx = JobContext("bench", spec, settings, out, work, Journal(), items, no_progress)
     started = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiosqlite
 
+from daemon import fastjson
 from daemon.errors import StartupError
 
 SCHEMA = """
@@ -124,7 +125,10 @@ class StateStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()  # one statement or transaction at a time on the one connection
-        self._pending_items: list[tuple[tuple[str, str, str, str], asyncio.Future[None]]] = []
+        # Saves not yet committed, each with the future its caller waits on (True: committed; False: lead the next
+        # commit), and whether a save leads the next commit.
+        self._pending_items: list[tuple[tuple[str, str, str, str], asyncio.Future[bool]]] = []
+        self._item_leader = False
         self._last_item_commit_s = 0.0
 
     @classmethod
@@ -249,21 +253,45 @@ class StateStore:
 
         Saves that arrive while a commit is in flight, or less than ITEM_COMMIT_INTERVAL_S after the last one began,
         are committed together in the next transaction (group commit), so thousands of concurrent answers cost a few
-        hundred fsyncs, not one each. A save after a quiet interval is committed at once.
+        hundred fsyncs, not one each. A save after a quiet interval is committed at once. One save at a time leads
+        the next commit; the others only wait for theirs (no lock each), and the leader hands over to the first
+        save still waiting once its commit is done.
         """
-        done = asyncio.get_running_loop().create_future()
-        self._pending_items.append(((job_id, group, item_id, json.dumps(record)), done))
-        async with self._lock:
-            if not done.done():
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending_items.append(((job_id, group, item_id, fastjson.dumps(record).decode()), done))
+        if self._item_leader and await self._item_turn(done):
+            return  # committed by the save leading that commit
+        self._item_leader = True  # the first save after a quiet spell, or the one handed the lead
+        try:
+            async with self._lock:
                 wait_s = self._last_item_commit_s + ITEM_COMMIT_INTERVAL_S - time.monotonic()
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)  # let the saves of the next few milliseconds join this commit
                 self._last_item_commit_s = time.monotonic()
                 batch, self._pending_items = self._pending_items, []
                 await self._commit_items(batch)
-        await done
+        finally:
+            self._hand_over_items(done)
 
-    async def _commit_items(self, batch: list[tuple[tuple[str, str, str, str], asyncio.Future[None]]]) -> None:
+    async def _item_turn(self, done: asyncio.Future[bool]) -> bool:
+        """Wait until this save is committed (True) or handed the lead (False); cancelled then, it passes it on."""
+        try:
+            return await done
+        except asyncio.CancelledError:
+            if done.done() and not done.cancelled() and done.exception() is None and not done.result():
+                self._hand_over_items(done)
+            raise
+
+    def _hand_over_items(self, own: asyncio.Future[bool]) -> None:
+        """The lead passes to the first other save still waiting; with none, the next save takes it (the row of a
+        save cancelled before its commit waits for that one)."""
+        waiting = next((fut for _, fut in self._pending_items if not fut.done() and fut is not own), None)
+        if waiting is None:
+            self._item_leader = False
+        else:
+            waiting.set_result(False)
+
+    async def _commit_items(self, batch: list[tuple[tuple[str, str, str, str], asyncio.Future[bool]]]) -> None:
         rows = [p for p, _ in batch]
         try:
             if len(rows) <= ITEM_ROWS_PER_STATEMENT:
@@ -283,14 +311,14 @@ class StateStore:
             raise
         for _, fut in batch:
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
 
     async def load_items(self, job_id: str, group: str) -> dict[str, dict[str, Any]]:
         """Every saved item of one group of one job."""
         rows = await self._db.execute_fetchall(
             "SELECT item_id, record FROM items WHERE job_id=? AND grp=?", (job_id, group)
         )
-        return {str(r[0]): json.loads(r[1]) for r in rows}
+        return {str(r[0]): fastjson.loads(r[1]) for r in rows}
 
     async def add_duplicate(self, job_id: str, file: str) -> None:
         """Note that the same bytes were dropped again (kept at `file`)."""

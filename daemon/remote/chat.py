@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,11 +13,10 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-import orjson
 import structlog
 from yarl import URL
 
-from daemon import metrics
+from daemon import fastjson, metrics
 from daemon.errors import FinetunedError, TransientError, Unavailable
 from daemon.logs import Redactor
 from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
@@ -75,8 +73,8 @@ class ChatRequest:
         return body
 
     def encoded(self) -> bytes:
-        """The JSON body as sent (orjson: UTF-8, compact; the same document as `json.dumps(body())`)."""
-        return orjson.dumps(self.body())
+        """The JSON body as sent: compact UTF-8, the same document as `json.dumps(body())`."""
+        return fastjson.dumps(self.body())
 
 
 @dataclass(frozen=True)
@@ -341,7 +339,7 @@ def parse_reply(raw: bytes, *, simulated: bool = False) -> ChatReply:
 
 def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:
     try:
-        data = _loads(raw)
+        data = fastjson.loads(raw)
         choice = data["choices"][0]
         message = choice.get("message") or {}
         usage = data.get("usage") or {}
@@ -355,15 +353,6 @@ def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         simulated=SIMULATED_HEADER in headers,
     )
-
-
-def _loads(raw: bytes) -> Any:
-    """A JSON body: orjson for speed; what it refuses and the standard library reads (NaN, huge integers, UTF-16)
-    is read as before, so no answer is lost to the faster parser."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
 
 
 def _count(headers: Mapping[str, str], *names: str) -> int | None:

@@ -51,6 +51,34 @@ async def test_each_save_is_visible_to_another_connection_when_it_returns(tmp_pa
     await store.close()
 
 
+async def test_a_save_cancelled_as_it_is_handed_the_lead_passes_it_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting save cancelled just as the previous commit hands it the lead passes the lead on: no save hangs."""
+    store = await StateStore.open(tmp_path / "state.db")
+    tasks: dict[str, asyncio.Task[None]] = {}
+    hand_over = StateStore._hand_over_items
+
+    def cancel_the_next_leader(self: StateStore, own: asyncio.Future[bool]) -> None:
+        handed = next((fut for _, fut in self._pending_items if not fut.done() and fut is not own), None)
+        hand_over(self, own)
+        if handed is not None and "s1:1" in tasks:
+            tasks.pop("s1:1").cancel()  # s1's save was given the lead and is cancelled before it runs
+
+    monkeypatch.setattr(StateStore, "_hand_over_items", cancel_the_next_leader)
+    first = asyncio.create_task(store.save_item("j", "m", "s0:1", {"n": 0}))
+    await asyncio.sleep(0)  # s0 leads the first commit; the others wait behind it
+    later = {f"s{n}:1": store.save_item("j", "m", f"s{n}:1", {"n": n}) for n in range(1, 4)}
+    tasks.update({key: asyncio.create_task(save) for key, save in later.items()})
+    waiting = list(tasks.values())
+    await asyncio.wait_for(first, 5)
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+    assert isinstance(results[0], asyncio.CancelledError) and results[1:] == [None, None]
+    await asyncio.wait_for(store.save_item("j", "m", "s9:1", {"n": 9}), 5)
+    assert committed(tmp_path / "state.db") == {f"s{n}:1": {"n": n} for n in (0, 1, 2, 3, 9)}
+    await store.close()
+
+
 async def test_uncounted_restarts_keep_the_first_attempt(tmp_path: Path) -> None:
     """A waiting step restarted any number of times stays at attempt 1; a counted step's attempts grow."""
     store = await StateStore.open(tmp_path / "state.db")
