@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from daemon.config import Settings  # noqa: E402
 from daemon.jobs.capabilities import StoreItems  # noqa: E402
 from daemon.jobs.context import JobContext  # noqa: E402
-from daemon.jobs.state import ITEM_COMMIT_INTERVAL_S, StateStore  # noqa: E402
+from daemon.jobs.itemcommit import ITEM_COMMIT_INTERVAL_S  # noqa: E402
+from daemon.jobs.state import StateStore  # noqa: E402
 from daemon.spec import JobSpec  # noqa: E402
 from handlers import evaluate  # noqa: E402
 
@@ -122,7 +123,7 @@ async def run_ours(base_url: str, eval_file: Path, work: Path, concurrency: int,
     items: Any = MemoryItems()
     if state is not None:
         await state.add_job("bench", "bench", "bench.yaml")
-        items = StoreItems(state, "bench")  # the runner's own capability (each save shielded)
+        items = StoreItems(state, "bench")  # the runner's own capability
     settings = Settings(together_base_url=base_url, together_api_key=KEY)
     ctx = JobContext("bench", spec, settings, out, work, Journal(), items, no_progress)
     started = time.perf_counter()
