@@ -22,7 +22,7 @@ from daemon.jobs.context import JobContext
 from daemon.remote.backoff import Backoff, Clock
 from daemon.remote.chat import ChatClient, ChatEndpoint, ChatReply, ChatRequest
 from daemon.spec import EvaluateSpec
-from handlers.evaluation.stories import EvalStory, build_messages, item_id
+from handlers.evaluation.stories import EvalStory, Prompts, item_id
 
 log = structlog.get_logger()
 
@@ -90,6 +90,7 @@ class Session:
         self.evaluate = evaluate
         self.client = client
         self.tracker = tracker
+        self.prompts = Prompts(evaluate.protocol)
         self.records: Records = {}
         self.first_error: FinetunedError | None = None
         self.last_transient: TransientError | None = None
@@ -99,7 +100,7 @@ class Session:
         turn = story.turns[index]
         request = ChatRequest(
             model=target.model,
-            messages=build_messages(self.evaluate.protocol, story, index, own),
+            messages=self.prompts.messages(story, index, own),
             max_tokens=self.evaluate.max_tokens,
             temperature=self.evaluate.temperature,
             stop=self.evaluate.stop,

@@ -19,7 +19,7 @@ from daemon.sandbox import SandboxHandle, start_sandbox
 from daemon.spec import JobSpec
 from handlers import evaluate
 from handlers.evaluation import scoring
-from handlers.evaluation.stories import load_eval_file
+from handlers.evaluation.stories import EvalStory, EvalTurn, Prompts, build_messages, load_eval_file
 
 SOURCES = ["mctest", "cnn", "race", "wikipedia", "gutenberg", ""]
 COLORS = ["red", "blue", "green", "white", "black", "yellow", "purple", "orange", "pink", "brown", "gray", "gold"]
@@ -437,3 +437,18 @@ def test_eval_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text('{"id": "a", "system": "s", "turns": []}\n{"id": "b"}\n')
     with pytest.raises(Exception, match=r"eval.jsonl:2"):
         load_eval_file(path)
+
+
+def test_prompts_built_once_per_story_are_the_prompts_of_build_messages() -> None:
+    """Prompts (history built once per story) gives build_messages' prompts for every protocol and turn, an empty
+    gold answer (left out of gold-history) included, and shares no list between two prompts."""
+    turns = tuple(EvalTurn(n, f"Q{n}", (answer, "alt")) for n, answer in enumerate(["A0", "", "A2", "A3"], start=1))
+    stories = [EvalStory("s1", "race", "SYS", turns), EvalStory("s1", "race", "other", turns[:2])]  # same id twice
+    own = {1: "mine", 2: None, 3: "", 4: "x"}
+    for protocol in ("cookbook", "gold-history", "own-history"):
+        prompts = Prompts(protocol)
+        for _ in range(2):  # built, then from the cache
+            for story in stories:
+                for upto in range(len(story.turns)):
+                    assert prompts.messages(story, upto, own) == build_messages(protocol, story, upto, own)
+        assert prompts.messages(stories[0], 3) is not prompts.messages(stories[0], 3)
