@@ -27,6 +27,9 @@ from handlers.evaluation.stories import EvalStory, Prompts, item_id
 log = structlog.get_logger()
 
 PROGRESS_INTERVAL_S = 1.0
+# A round's tasks are started this many at a time, the event loop serving I/O in between: starting thousands at once
+# kept the first requests' connections waiting (50 ms for 3,000 items on 2 cores).
+START_BATCH = 64
 Records = dict[str, dict[str, dict[str, Any]]]
 
 
@@ -210,8 +213,10 @@ async def _one_round(session: Session, targets: list[Target], stories: list[Eval
     jobs = _round_jobs(session, targets, stories)
     try:
         async with asyncio.TaskGroup() as group:
-            for job in jobs:
+            for n, job in enumerate(jobs, start=1):
                 group.create_task(job())
+                if n % START_BATCH == 0:
+                    await asyncio.sleep(0)  # the requests already started reach the wire while the rest queue up
     except* Paused as paused:  # auth/quota: stop everything and let the runner pause remote work
         raise paused.exceptions[0] from None
 
