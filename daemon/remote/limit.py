@@ -7,6 +7,9 @@ GradientLimit/Gradient2 and TCP Vegas), by its 429s and timeouts, and by its hea
   limit grows by about `smoothing * sqrt(limit)` per answer; once a queueing server (llama.cpp, vLLM, TGI) makes
   answers slower than `tolerance` x the floor, it settles where `limit = tolerance * floor / rtt * limit +
   sqrt(limit)`: a little above what the server serves at once. It never grows while less than half is in use.
+* Slow start (after TCP's, with Vegas' exit on latency): from `initial`, each answer within `tolerance` x the floor
+  adds one (the limit doubles every round trip, instead of the gradient's slow first steps: 4 to 64 in four round
+  trips rather than seven); the first slower answer, timeout, 429 or outage ends it for good and the gradient rules.
 * A timeout or a 429 multiplies the limit by `backoff_ratio` (once per round of requests: the requests sent
   under the old limit do not lower it again); a 429's Retry-After holds every request for that long.
 * A provider that answers nothing (connection refused, 503 loading/overloaded) is `down`: one request at a time
@@ -36,6 +39,7 @@ log = structlog.get_logger()
 
 HISTORY_POINTS = 400  # at most this many (elapsed_s, limit) points are kept; older ones are thinned
 LOG_INTERVAL_S = 2.0  # a growing limit is logged at most this often (decreases always)
+GROWTH = frozenset({"latency", "slow_start"})  # the reasons a limit grows for
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class ConcurrencyLimit:
         self._generation = 0
         self._probes = Backoff(base_s=self.tuning.probe_base_s, cap_s=self.tuning.probe_cap_s)
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.slow_start = True
         self._note("start")
 
     def slot(self) -> Slot:
@@ -104,6 +109,10 @@ class ConcurrencyLimit:
         if self.in_flight + 1 < self.limit / 2:  # app-limited: the latency says nothing about more load
             return
         tuning = self.tuning
+        if self.slow_start and rtt_s <= tuning.tolerance * self.floor_s:
+            self._set(self.limit + 1, "slow_start", rtt_ms=round(rtt_s * 1000, 1))
+            return
+        self.slow_start = False
         gradient = max(0.5, min(1.0, tuning.tolerance * self.floor_s / rtt_s))
         estimate = self.limit * gradient + math.sqrt(self.limit)
         smoothed = self.limit * (1 - tuning.smoothing) + estimate * tuning.smoothing
@@ -119,17 +128,20 @@ class ConcurrencyLimit:
 
     def dropped(self, generation: int) -> None:
         """A request timed out: lower the limit (once per round)."""
+        self.slow_start = False
         if self._first_of(generation):
             self._set(self.limit * self.tuning.backoff_ratio, "timeout")
 
     def throttled(self, generation: int, wait_s: float | None) -> None:
         """A 429: lower the limit unless a request of the same round already did, and pause for `wait_s`."""
+        self.slow_start = False
         if self._first_of(generation):
             self._set(self.limit * self.tuning.backoff_ratio, "rate_limited", wait_s=wait_s)
         self.cool_down(wait_s)
 
     def unavailable(self, generation: int, wait_s: float | None = None) -> None:
         """The provider answers nothing: let one probe at a time through, after a growing delay."""
+        self.slow_start = False
         if not self.down:
             self.down = True
             log.warning("provider_unavailable", provider=self.name)
@@ -184,7 +196,7 @@ class ConcurrencyLimit:
         self.history.append((now - self._started, int(self.limit)))
         if len(self.history) > HISTORY_POINTS:
             self.history = self.history[:1] + self.history[1:-1:2] + self.history[-1:]
-        growing = reason == "latency" and len(self.history) > 1 and self.history[-2][1] < int(self.limit)
+        growing = reason in GROWTH and len(self.history) > 1 and self.history[-2][1] < int(self.limit)
         if growing and now - self._logged_at < LOG_INTERVAL_S:
             return
         self._logged_at = now
