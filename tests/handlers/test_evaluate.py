@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from daemon.sandbox import SandboxHandle, start_sandbox
 from daemon.spec import JobSpec
 from handlers import evaluate
 from handlers.evaluation import scoring
+from handlers.evaluation.asking import heap_frozen
 from handlers.evaluation.stories import EvalStory, EvalTurn, Prompts, build_messages, load_eval_file
 
 SOURCES = ["mctest", "cnn", "race", "wikipedia", "gutenberg", ""]
@@ -452,3 +454,13 @@ def test_prompts_built_once_per_story_are_the_prompts_of_build_messages() -> Non
                 for upto in range(len(story.turns)):
                     assert prompts.messages(story, upto, own) == build_messages(protocol, story, upto, own)
         assert prompts.messages(stories[0], 3) is not prompts.messages(stories[0], 3)
+
+
+def test_a_round_freezes_the_heap_it_found_and_thaws_it_after() -> None:
+    """heap_frozen moves the objects that exist before a round out of the collector's way and back after it, also
+    when the round fails."""
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), heap_frozen():
+        assert gc.get_freeze_count() > 0
+        raise RuntimeError("the round failed")
+    assert gc.get_freeze_count() == 0
