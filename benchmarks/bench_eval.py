@@ -290,16 +290,17 @@ def markdown(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f"(a) {r['requests']} requests at concurrency {args.concurrency}, against the ideal"
         " `requests x latency / concurrency`:",
         "",
-        "| latency | client | ideal | wall time | efficiency (ideal / wall) | requests/s | added per request"
-        " | CPU per request (client / sandbox) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| latency | client | ideal | wall time | efficiency (ideal / wall) | wall / floor's | requests/s"
+        " | added per request | CPU per request (client / sandbox) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in r["runs"]:
         wall, ideal = run["wall_s"], run["ideal_s"]
-        cpu = f"{cpu_ms(run, 'client_cpu_s', r):.2f} / {cpu_ms(run, 'server_cpu_s', r):.2f} ms"
+        floor = next(x for x in r["runs"] if x["latency_ms"] == run["latency_ms"] and x["store"] == "floor")
+        cpu = f"{cpu_ms(run, 'client_cpu_s', r):.3f} / {cpu_ms(run, 'server_cpu_s', r):.3f} ms"
         lines.append(
             f"| {run['latency_ms']} ms | {STORES[run['store']]} | {ideal:.2f} s | {wall:.2f} s | {ideal / wall:.1%}"
-            f" | {r['requests'] / wall:.0f} | {added_ms(run, args, r):.0f} ms | {cpu} |"
+            f" | {wall / floor['wall_s']:.2f}x | {r['requests'] / wall:.0f} | {added_ms(run, args, r):.0f} ms | {cpu} |"
         )
     lines += ["", analysis(args, r)]
     if "cookbook" in r:
