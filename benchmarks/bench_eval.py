@@ -350,8 +350,10 @@ def analysis(args: argparse.Namespace, r: dict[str, Any]) -> str:
         f" {cpu_ms(floor, 'client_cpu_s', r):.2f} ms of client CPU, `evaluate` {added_ms(ours, args, r):.0f} ms"
         f" with {cpu_ms(ours, 'client_cpu_s', r):.2f} ms (retries, the adaptive limit, prompts, scoring, and the"
         " SQLite store: every answer committed before its save returns, at most one group commit per"
-        f" {ITEM_COMMIT_INTERVAL_S * 1000:.0f} ms, one multi-row INSERT each). A real provider serves a wave in"
-        f" parallel and takes 300 ms to seconds per answer. {verdict}."
+        f" {ITEM_COMMIT_INTERVAL_S * 1000:.0f} ms, one multi-row INSERT each). `evaluate` also ramps up: its"
+        " adaptive limit starts at 4 and doubles per round trip, four round trips to 64, which weigh more as the"
+        " latency grows. A real provider serves a wave in parallel and takes 300 ms to seconds per answer."
+        f" {verdict}."
     )
 
 
