@@ -423,6 +423,23 @@ async def test_every_request_failing_fails_with_the_first_error(tmp_path: Path, 
         await evaluate.run(make_ctx(tmp_path / "b", Settings(), spec), inputs)
 
 
+async def test_a_refused_key_while_a_large_round_starts_pauses_and_leaves_no_task(
+    tmp_path: Path, recorder: tuple[Recorder, str]
+) -> None:
+    """A 401 answered while a round is still starting its tasks (more than START_BATCH of them) pauses the step:
+    Paused is raised, the rest of the round is never asked, and no task is left running."""
+    rec, base_url = recorder
+    rec.status = 401
+    write_eval_file(tmp_path / "eval.jsonl", stories=40)  # 480 items, started 64 at a time
+    spec = {"models": ["m"], "endpoints": {"m": {"base_url": base_url}}, "concurrency": 8}
+    with pytest.raises(Paused, match="HTTP 401"):
+        await evaluate.run(
+            make_ctx(tmp_path, Settings(), spec), {"prepare": {"eval_file": str(tmp_path / "eval.jsonl")}}
+        )
+    assert 0 < len(rec.bodies) < 480
+    assert [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("Session.")] == []
+
+
 async def test_missing_endpoint_key_pauses(tmp_path: Path) -> None:
     """An endpoint whose (allowed) api_key_env is not available pauses instead of sending unauthenticated requests."""
     small_stories(tmp_path / "eval.jsonl")
