@@ -9,7 +9,8 @@ GradientLimit/Gradient2 and TCP Vegas), by its 429s and timeouts, and by its hea
   sqrt(limit)`: a little above what the server serves at once. It never grows while less than half is in use.
 * Slow start (after TCP's, with Vegas' exit on latency): from `initial`, each answer within `tolerance` x the floor
   adds one (the limit doubles every round trip, instead of the gradient's slow first steps: 4 to 64 in four round
-  trips rather than seven); the first slower answer, timeout, 429 or outage ends it for good and the gradient rules.
+  trips rather than about seven); the first slower answer, timeout, 429 or outage ends it for good: the gradient
+  rules from then on.
 * A timeout or a 429 multiplies the limit by `backoff_ratio` (once per round of requests: the requests sent
   under the old limit do not lower it again); a 429's Retry-After holds every request for that long.
 * A provider that answers nothing (connection refused, 503 loading/overloaded) is `down`: one request at a time
