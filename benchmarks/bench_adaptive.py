@@ -228,7 +228,7 @@ def markdown(args: argparse.Namespace, adaptive: dict[str, Any], fixed: dict[str
         "|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
-    for name, r in (("adaptive (gradient, start 4)", adaptive), (f"fixed {args.concurrency}", fixed)):
+    for name, r in (("adaptive (gradient, slow start from 4)", adaptive), (f"fixed {args.concurrency}", fixed)):
         limit = r["limit"]
         rows.append(
             f"| {name} | {r['wall_s']} s ({r['ideal_s']} s) | {r['received']} | {r['failed']}"
@@ -240,13 +240,12 @@ def markdown(args: argparse.Namespace, adaptive: dict[str, Any], fixed: dict[str
         f" {args.concurrency - args.slots} others ({(args.concurrency - args.slots) // args.slots * args.latency_ms}"
         f" ms > the {args.timeout_s} s timeout), so most time out, their retries keep the queue full, and the run"
         f" ends at its deadline incomplete{' (' + fixed['incomplete'] + '…)' if fixed['incomplete'] else ''}. The"
-        " adaptive limit starts at 4, grows while latency stays within 1.5x its floor, and settles where"
-        " `limit = 1.5 x floor / rtt x limit + sqrt(limit)`: a few requests beyond the slots (the median late in"
-        " the run above), with latency a small multiple of its floor and well inside the timeout, both slots"
-        " always busy. Starting at 4 instead of the ceiling costs a ramp of a few round trips against a server"
-        " without a queue: `bench_eval.py --latency-ms 100 --concurrency 64 --skip-cookbook` measured 83.0 %"
-        " efficiency with the SQLite store on the same day (88.1 % recorded above with a limit that started at"
-        " the ceiling; the machine was shared), about 0.4 s of ramp in a 7 s run.\n"
+        " adaptive limit starts at 4, doubles per round trip (slow start) until the first answer slower than 1.5x"
+        " its floor, and settles where `limit = 1.5 x floor / rtt x limit + sqrt(limit)`: a few requests beyond"
+        " the slots (the median late in the run above), with latency a small multiple of its floor and well"
+        " inside the timeout, both slots always busy. Starting at 4 instead of the ceiling costs a ramp of four"
+        " round trips against a server without a queue (4, 8, 16, 32, 64): see `## evaluate` (c), where it is"
+        " most of what `evaluate` adds to a bare client at 50 ms.\n"
     )
     return header + "\n".join(rows) + tail
 

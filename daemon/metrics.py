@@ -84,27 +84,34 @@ def retried(what: str) -> None:
     RETRIES.labels(what=what).inc()
 
 
-def chat_started(url: str) -> None:
-    """A chat request went on the wire."""
-    CHAT_IN_FLIGHT.labels(provider=provider(url)).inc()
+class ChatMeter:
+    """The chat series of one provider, their label children bound once: the client counts every request of an
+    evaluation through it, so no request pays for parsing the URL or looking up labels."""
 
+    def __init__(self, url: str) -> None:
+        self.provider = provider(url)
+        self._in_flight = CHAT_IN_FLIGHT.labels(provider=self.provider)
+        self._done = CHAT_DONE.labels(provider=self.provider)
+        self._prompt_tokens = TOKENS.labels(provider=self.provider, kind="prompt")
+        self._completion_tokens = TOKENS.labels(provider=self.provider, kind="completion")
 
-def chat_returned(url: str) -> None:
-    """A chat request came back (answered or not)."""
-    CHAT_IN_FLIGHT.labels(provider=provider(url)).dec()
+    def started(self) -> None:
+        """A chat request went on the wire."""
+        self._in_flight.inc()
 
+    def returned(self) -> None:
+        """A chat request came back (answered or not)."""
+        self._in_flight.dec()
 
-def chat_finished(
-    url: str, *, error: BaseException | None = None, prompt_tokens: int = 0, completion_tokens: int = 0
-) -> None:
-    """A chat completion ended (after its retries): done with its tokens, or failed with the error's kind."""
-    label = provider(url)
-    if error is not None:
-        CHAT_FAILED.labels(provider=label, kind=type(error).__name__).inc()
-        return
-    CHAT_DONE.labels(provider=label).inc()
-    TOKENS.labels(provider=label, kind="prompt").inc(prompt_tokens)
-    TOKENS.labels(provider=label, kind="completion").inc(completion_tokens)
+    def finished(self, *, prompt_tokens: int, completion_tokens: int) -> None:
+        """A chat completion was answered (after its retries), with its tokens."""
+        self._done.inc()
+        self._prompt_tokens.inc(prompt_tokens)
+        self._completion_tokens.inc(completion_tokens)
+
+    def failed(self, error: BaseException) -> None:
+        """A chat completion failed after its retries, with the error's kind."""
+        CHAT_FAILED.labels(provider=self.provider, kind=type(error).__name__).inc()
 
 
 def exposition(counts: dict[str, int], statuses: list[str], active_jobs: int, paused: bool) -> bytes:

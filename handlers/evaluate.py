@@ -25,7 +25,7 @@ from handlers.evaluation import pricing, scoring
 from handlers.evaluation.asking import Rounds, Session, Target, Tracker, ask_until_complete
 from handlers.evaluation.batch import BatchRounds
 from handlers.evaluation.outputs import score_and_write
-from handlers.evaluation.stories import EvalStory, build_messages, load_eval_file
+from handlers.evaluation.stories import EvalStory, Prompts, load_eval_file
 from handlers.serving import rearm_budget_guard
 
 log = structlog.get_logger()
@@ -232,10 +232,10 @@ def _estimate(
     """The most the priced models can cost, realtime and batch (prompts from the gold history, max_tokens each)."""
     chars = 0
     items = 0
+    prompts = Prompts(evaluate.protocol)
     for story in stories:
         for index in range(len(story.turns)):
-            messages = build_messages(evaluate.protocol, story, index, {})
-            chars += sum(len(str(m.get("content") or "")) for m in messages)
+            chars += sum(len(m["content"]) for m in prompts.messages(story, index, {}))
             items += 1
     prompt, completion = pricing.estimate_tokens(chars, items, evaluate.max_tokens)
     return {

@@ -1,6 +1,7 @@
 """The runner's durable capabilities handed to steps through JobContext: the journal and the item store over SQLite.
 
-Both shield their writes, so a cancelled step (shutdown, user cancel) never leaves a half-made write behind.
+Neither write is cut short by a cancelled step (shutdown, user cancel): the journal shields its write, and the item
+store's committer task, not the saving step, commits every queued item (daemon/jobs/itemcommit.py).
 """
 
 from __future__ import annotations
@@ -41,5 +42,5 @@ class StoreItems:
         return await self._store.load_items(self._job_id, group)
 
     async def save(self, group: str, item_id: str, record: dict[str, Any]) -> None:
-        """Durably save one item."""
-        await asyncio.shield(self._store.save_item(self._job_id, group, item_id, record))
+        """Durably save one item (committed even if this call is cancelled: no shield, and no task, per item)."""
+        await self._store.save_item(self._job_id, group, item_id, record)

@@ -16,7 +16,9 @@ from typing import Any
 
 import aiosqlite
 
+from daemon import fastjson
 from daemon.errors import StartupError
+from daemon.jobs.itemcommit import ItemCommits
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,11 +61,6 @@ CREATE TABLE IF NOT EXISTS duplicates (
     at          REAL NOT NULL
 );
 """
-# Group commit of items: at most one item commit per interval; saves arriving in between join the next one.
-ITEM_COMMIT_INTERVAL_S = 0.02
-# Items per multi-row INSERT (4 parameters each, well under SQLite's variable limit); larger batches use a transaction.
-ITEM_ROWS_PER_STATEMENT = 200
-_INSERT_ITEM = "INSERT OR REPLACE INTO items (job_id, grp, item_id, record) VALUES "
 
 
 class JobStatus(enum.StrEnum):
@@ -124,8 +121,7 @@ class StateStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()  # one statement or transaction at a time on the one connection
-        self._pending_items: list[tuple[tuple[str, str, str, str], asyncio.Future[None]]] = []
-        self._last_item_commit_s = 0.0
+        self._items = ItemCommits(db, self._lock)
 
     @classmethod
     async def open(cls, path: Path) -> StateStore:
@@ -147,7 +143,8 @@ class StateStore:
         return cls(db)
 
     async def close(self) -> None:
-        """Close the connection (checkpoints the WAL)."""
+        """Commit the items still queued, then close the connection (checkpoints the WAL)."""
+        await self._items.close()
         await self._db.close()
 
     async def add_job(self, job_id: str, name: str, spec_file: str, status: JobStatus = JobStatus.queued) -> None:
@@ -245,52 +242,15 @@ class StateStore:
         )
 
     async def save_item(self, job_id: str, group: str, item_id: str, record: dict[str, Any]) -> None:
-        """Durably save one evaluation item; returns once it is committed.
-
-        Saves that arrive while a commit is in flight, or less than ITEM_COMMIT_INTERVAL_S after the last one began,
-        are committed together in the next transaction (group commit), so thousands of concurrent answers cost a few
-        hundred fsyncs, not one each. A save after a quiet interval is committed at once.
-        """
-        done = asyncio.get_running_loop().create_future()
-        self._pending_items.append(((job_id, group, item_id, json.dumps(record)), done))
-        async with self._lock:
-            if not done.done():
-                wait_s = self._last_item_commit_s + ITEM_COMMIT_INTERVAL_S - time.monotonic()
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)  # let the saves of the next few milliseconds join this commit
-                self._last_item_commit_s = time.monotonic()
-                batch, self._pending_items = self._pending_items, []
-                await self._commit_items(batch)
-        await done
-
-    async def _commit_items(self, batch: list[tuple[tuple[str, str, str, str], asyncio.Future[None]]]) -> None:
-        rows = [p for p, _ in batch]
-        try:
-            if len(rows) <= ITEM_ROWS_PER_STATEMENT:
-                # Autocommit: one statement is one transaction, committed (WAL fsync) before execute returns.
-                sql = _INSERT_ITEM + ",".join(["(?,?,?,?)"] * len(rows))
-                await self._db.execute(sql, [value for row in rows for value in row])
-            else:
-                await self._db.execute("BEGIN IMMEDIATE")
-                await self._db.executemany(_INSERT_ITEM + "(?,?,?,?)", rows)
-                await self._db.execute("COMMIT")
-        except BaseException as exc:
-            if self._db.in_transaction:
-                await self._db.execute("ROLLBACK")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("item save interrupted"))
-            raise
-        for _, fut in batch:
-            if not fut.done():
-                fut.set_result(None)
+        """Durably save one evaluation item; returns once it is committed (group commit: see ItemCommits)."""
+        await self._items.save((job_id, group, item_id, fastjson.dumps(record).decode()))
 
     async def load_items(self, job_id: str, group: str) -> dict[str, dict[str, Any]]:
         """Every saved item of one group of one job."""
         rows = await self._db.execute_fetchall(
             "SELECT item_id, record FROM items WHERE job_id=? AND grp=?", (job_id, group)
         )
-        return {str(r[0]): json.loads(r[1]) for r in rows}
+        return {str(r[0]): fastjson.loads(r[1]) for r in rows}
 
     async def add_duplicate(self, job_id: str, file: str) -> None:
         """Note that the same bytes were dropped again (kept at `file`)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from daemon import metrics
+from daemon import fastjson, metrics
 from daemon.errors import FinetunedError, TransientError, Unavailable
 from daemon.logs import Redactor
 from daemon.remote.backoff import Clock, RetryPolicy, Sleep, retry
@@ -32,6 +31,7 @@ SIMULATED_HEADER = "x-finetuned-simulated"
 # The sandbox's admin API (never faulted): answering it with its counters identifies the sandbox.
 SANDBOX_PROBE_PATH = "/_sandbox/stats"
 SANDBOX_PROBE_TIMEOUT_S = 5.0
+JSON_CONTENT = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,10 @@ class ChatRequest:
         if self.stop:
             body["stop"] = list(self.stop)
         return body
+
+    def encoded(self) -> bytes:
+        """The JSON body as sent: compact UTF-8, the same document as `json.dumps(body())`."""
+        return fastjson.dumps(self.body())
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class RateHints:
 class _Provider:
     session: aiohttp.ClientSession
     limit: ConcurrencyLimit
+    meter: metrics.ChatMeter
 
 
 class ChatClient:
@@ -148,6 +153,7 @@ class ChatClient:
         # error body or an answer echoing the Authorization header), so no caller can write them anywhere.
         self._redactor = Redactor(secrets)
         self.request_timeout_s = request_timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self.retry_policy = retry_policy
         self._sleep = sleep
         self._clock = clock
@@ -225,14 +231,10 @@ class ChatClient:
                 what="chat_completion",
             )
         except FinetunedError as exc:
-            metrics.chat_finished(endpoint.url, error=exc)
+            provider.meter.failed(exc)
             raise
-        metrics.chat_finished(
-            endpoint.url, prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens
-        )
-        return ChatReply(
-            reply.content, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, reply.simulated, attempts
-        )
+        provider.meter.finished(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens)
+        return dataclasses.replace(reply, attempts=attempts) if attempts != reply.attempts else reply
 
     def _provider(self, url: str, api_key: str | None = None) -> _Provider:
         """The session and limit of `url` (made on first use); its rate budget is the one every client of this
@@ -250,7 +252,7 @@ class ChatClient:
                 clock=self._clock,
                 sleep=self._sleep,
             )
-            provider = _Provider(session, limit)
+            provider = _Provider(session, limit, metrics.ChatMeter(url))
             self._providers[url] = provider
         return provider
 
@@ -259,7 +261,7 @@ class ChatClient:
         async with provider.limit.slot() as send, self._bound:
             waited_s = self._clock() - queued_at
             try:
-                status, headers, raw = await self._post(provider.session, endpoint, request)
+                status, headers, raw = await self._post(provider, endpoint, request)
             except Unavailable as exc:
                 provider.limit.unavailable(send.generation)
                 raise self._scrubbed(exc) from None
@@ -271,7 +273,8 @@ class ChatClient:
             reply = self._answer(provider, send, (status, headers, raw), rtt_s)
         except FinetunedError as exc:
             raise self._scrubbed(exc) from None
-        return dataclasses.replace(reply, content=self._redactor.scrub(reply.content)), waited_s
+        content = self._redactor.scrub(reply.content)
+        return (reply if content is reply.content else dataclasses.replace(reply, content=content)), waited_s
 
     def _scrubbed(self, error: FinetunedError) -> FinetunedError:
         error.args = tuple(self._redactor.scrub(list(error.args)))
@@ -306,16 +309,17 @@ class ChatClient:
         raise error
 
     async def _post(
-        self, session: aiohttp.ClientSession, endpoint: ChatEndpoint, request: ChatRequest
+        self, provider: _Provider, endpoint: ChatEndpoint, request: ChatRequest
     ) -> tuple[int, Mapping[str, str], bytes]:
-        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        headers = {**JSON_CONTENT, "Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else JSON_CONTENT
         self.in_flight += 1
         self.requests_sent += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        metrics.chat_started(endpoint.url)
+        provider.meter.started()
         try:
-            async with session.post(endpoint.url, json=request.body(), headers=headers, timeout=timeout) as resp:
+            async with provider.session.post(
+                endpoint.url, data=request.encoded(), headers=headers, timeout=self._timeout
+            ) as resp:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError as exc:
             raise TransientError(f"chat request timed out after {self.request_timeout_s} s") from exc
@@ -325,7 +329,7 @@ class ChatClient:
             raise TransientError(f"chat request failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.in_flight -= 1
-            metrics.chat_returned(endpoint.url)
+            provider.meter.returned()
 
 
 def parse_reply(raw: bytes, *, simulated: bool = False) -> ChatReply:
@@ -335,7 +339,7 @@ def parse_reply(raw: bytes, *, simulated: bool = False) -> ChatReply:
 
 def _reply(raw: bytes, headers: Mapping[str, str]) -> ChatReply:
     try:
-        data = json.loads(raw)
+        data = fastjson.loads(raw)
         choice = data["choices"][0]
         message = choice.get("message") or {}
         usage = data.get("usage") or {}

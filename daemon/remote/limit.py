@@ -7,6 +7,10 @@ GradientLimit/Gradient2 and TCP Vegas), by its 429s and timeouts, and by its hea
   limit grows by about `smoothing * sqrt(limit)` per answer; once a queueing server (llama.cpp, vLLM, TGI) makes
   answers slower than `tolerance` x the floor, it settles where `limit = tolerance * floor / rtt * limit +
   sqrt(limit)`: a little above what the server serves at once. It never grows while less than half is in use.
+* Slow start (after TCP's, with Vegas' exit on latency): from `initial`, each answer within `tolerance` x the floor
+  adds one (the limit doubles every round trip, instead of the gradient's slow first steps: 4 to 64 in four round
+  trips rather than about seven); the first slower answer, timeout, 429 or outage ends it for good: the gradient
+  rules from then on.
 * A timeout or a 429 multiplies the limit by `backoff_ratio` (once per round of requests: the requests sent
   under the old limit do not lower it again); a 429's Retry-After holds every request for that long.
 * A provider that answers nothing (connection refused, 503 loading/overloaded) is `down`: one request at a time
@@ -21,12 +25,11 @@ The limit starts at `initial` and never exceeds `maximum` (the spec's `concurren
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import TracebackType
 
 import structlog
 
@@ -37,6 +40,7 @@ log = structlog.get_logger()
 
 HISTORY_POINTS = 400  # at most this many (elapsed_s, limit) points are kept; older ones are thinned
 LOG_INTERVAL_S = 2.0  # a growing limit is logged at most this often (decreases always)
+GROWTH = frozenset({"latency", "slow_start"})  # the reasons a limit grows for
 
 
 @dataclass(frozen=True)
@@ -89,23 +93,13 @@ class ConcurrencyLimit:
         self._generation = 0
         self._probes = Backoff(base_s=self.tuning.probe_base_s, cap_s=self.tuning.probe_cap_s)
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.slow_start = True
         self._note("start")
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Send]:
-        """Hold one slot; yields the request's generation (for `dropped`/`throttled`/`unavailable`) and place in
-        the budget's send order (for `pace`)."""
-        await self._acquire()
-        try:
-            # After the slot is ours: a request queued before a 429 must not go out during its cooldown.
-            order = await self.budget.turn()
-            try:
-                yield Send(self._generation, order)
-            finally:
-                self.budget.returned()
-        finally:
-            self.in_flight -= 1
-            self._wake()
+    def slot(self) -> Slot:
+        """Hold one slot (`async with limit.slot() as send`); gives the request's generation (for
+        `dropped`/`throttled`/`unavailable`) and place in the budget's send order (for `pace`)."""
+        return Slot(self)
 
     def succeeded(self, rtt_s: float | None = None) -> None:
         """An answer came back after `rtt_s` on the wire: the provider is up; move the limit by the gradient."""
@@ -116,6 +110,10 @@ class ConcurrencyLimit:
         if self.in_flight + 1 < self.limit / 2:  # app-limited: the latency says nothing about more load
             return
         tuning = self.tuning
+        if self.slow_start and rtt_s <= tuning.tolerance * self.floor_s:
+            self._set(self.limit + 1, "slow_start", rtt_ms=round(rtt_s * 1000, 1))
+            return
+        self.slow_start = False
         gradient = max(0.5, min(1.0, tuning.tolerance * self.floor_s / rtt_s))
         estimate = self.limit * gradient + math.sqrt(self.limit)
         smoothed = self.limit * (1 - tuning.smoothing) + estimate * tuning.smoothing
@@ -131,17 +129,20 @@ class ConcurrencyLimit:
 
     def dropped(self, generation: int) -> None:
         """A request timed out: lower the limit (once per round)."""
+        self.slow_start = False
         if self._first_of(generation):
             self._set(self.limit * self.tuning.backoff_ratio, "timeout")
 
     def throttled(self, generation: int, wait_s: float | None) -> None:
         """A 429: lower the limit unless a request of the same round already did, and pause for `wait_s`."""
+        self.slow_start = False
         if self._first_of(generation):
             self._set(self.limit * self.tuning.backoff_ratio, "rate_limited", wait_s=wait_s)
         self.cool_down(wait_s)
 
     def unavailable(self, generation: int, wait_s: float | None = None) -> None:
         """The provider answers nothing: let one probe at a time through, after a growing delay."""
+        self.slow_start = False
         if not self.down:
             self.down = True
             log.warning("provider_unavailable", provider=self.name)
@@ -196,7 +197,7 @@ class ConcurrencyLimit:
         self.history.append((now - self._started, int(self.limit)))
         if len(self.history) > HISTORY_POINTS:
             self.history = self.history[:1] + self.history[1:-1:2] + self.history[-1:]
-        growing = reason == "latency" and len(self.history) > 1 and self.history[-2][1] < int(self.limit)
+        growing = reason in GROWTH and len(self.history) > 1 and self.history[-2][1] < int(self.limit)
         if growing and now - self._logged_at < LOG_INTERVAL_S:
             return
         self._logged_at = now
@@ -222,9 +223,40 @@ class ConcurrencyLimit:
                 self._wake()
             raise
 
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self._capacity():
             waiter = self._waiters.popleft()
             if not waiter.done():
                 self.in_flight += 1
                 waiter.set_result(None)
+
+
+class Slot:
+    """One pass through `ConcurrencyLimit.slot`: a class rather than a generator-based context manager, as every
+    chat request goes through one (1.5 µs against 2.6 µs on the 2-core machine)."""
+
+    __slots__ = ("_limit",)
+
+    def __init__(self, limit: ConcurrencyLimit) -> None:
+        self._limit = limit
+
+    async def __aenter__(self) -> Send:
+        limit = self._limit
+        await limit._acquire()
+        try:
+            # After the slot is ours: a request queued before a 429 must not go out during its cooldown.
+            order = await limit.budget.turn()
+        except BaseException:
+            limit._release()
+            raise
+        return Send(limit._generation, order)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._limit.budget.returned()
+        self._limit._release()

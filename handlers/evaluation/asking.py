@@ -9,9 +9,11 @@ is missing, not an error, and is asked again in the next round (and by `finetune
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +24,14 @@ from daemon.jobs.context import JobContext
 from daemon.remote.backoff import Backoff, Clock
 from daemon.remote.chat import ChatClient, ChatEndpoint, ChatReply, ChatRequest
 from daemon.spec import EvaluateSpec
-from handlers.evaluation.stories import EvalStory, build_messages, item_id
+from handlers.evaluation.stories import EvalStory, Prompts, item_id
 
 log = structlog.get_logger()
 
 PROGRESS_INTERVAL_S = 1.0
+# A round's tasks are started this many at a time, the event loop serving I/O in between: starting thousands at once
+# kept the first requests' connections waiting (50 ms for 3,000 items on 2 cores).
+START_BATCH = 64
 Records = dict[str, dict[str, dict[str, Any]]]
 
 
@@ -90,6 +95,7 @@ class Session:
         self.evaluate = evaluate
         self.client = client
         self.tracker = tracker
+        self.prompts = Prompts(evaluate.protocol)
         self.records: Records = {}
         self.first_error: FinetunedError | None = None
         self.last_transient: TransientError | None = None
@@ -99,7 +105,7 @@ class Session:
         turn = story.turns[index]
         request = ChatRequest(
             model=target.model,
-            messages=build_messages(self.evaluate.protocol, story, index, own),
+            messages=self.prompts.messages(story, index, own),
             max_tokens=self.evaluate.max_tokens,
             temperature=self.evaluate.temperature,
             stop=self.evaluate.stop,
@@ -208,11 +214,27 @@ def _round_jobs(session: Session, targets: list[Target], stories: list[EvalStory
 async def _one_round(session: Session, targets: list[Target], stories: list[EvalStory]) -> None:
     jobs = _round_jobs(session, targets, stories)
     try:
-        async with asyncio.TaskGroup() as group:
-            for job in jobs:
-                group.create_task(job())
+        with heap_frozen():
+            async with asyncio.TaskGroup() as group:
+                for n, job in enumerate(jobs, start=1):
+                    group.create_task(job())
+                    if n % START_BATCH == 0:
+                        await asyncio.sleep(0)  # the requests already started reach the wire while the rest queue
     except* Paused as paused:  # auth/quota: stop everything and let the runner pause remote work
         raise paused.exceptions[0] from None
+
+
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """The garbage collector leaves the objects that exist before a round alone while it runs (`gc.freeze`), and
+    collects them as usual after it (`gc.unfreeze`). The daemon's modules and state are tens of thousands of objects
+    that each full collection would walk in the middle of a wave of answers (two per 3,000 answers, 27 ms each on the
+    2-core machine); what the round allocates is collected as usual."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @dataclass(frozen=True)

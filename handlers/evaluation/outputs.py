@@ -3,7 +3,6 @@ and each model's metrics block with its completeness (answered, truncated, perma
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -12,6 +11,7 @@ from typing import Any
 
 from yarl import URL
 
+from daemon import fastjson
 from daemon.spool.files import atomic_write_bytes
 from handlers.evaluation import scoring
 from handlers.evaluation.asking import Target, needs_asking
@@ -44,10 +44,10 @@ def score_and_write(
         endpoint = str(URL(target.endpoint.url).with_user(None).with_query(None))
         per_model[target.alias] = {"model": target.model, "endpoint": endpoint, **metrics, **counts(mine)}
         lines = (
-            json.dumps(prediction_line(turn, questions[turn.key], r, turn_scores.get(turn.key)), ensure_ascii=False)
+            fastjson.dumps(prediction_line(turn, questions[turn.key], r, turn_scores.get(turn.key))) + b"\n"
             for turn, r in zip(gold, mine, strict=True)
         )
-        data = "".join(line + "\n" for line in lines).encode()
+        data = b"".join(lines)
         atomic_write_bytes(out_dir / f"predictions-{safe_name(target.alias)}.jsonl", data)
     return per_model
 

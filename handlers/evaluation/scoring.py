@@ -56,9 +56,9 @@ class GoldTurn:
     source: str
     answers: tuple[str, ...]
 
-    @property
+    @functools.cached_property
     def key(self) -> TurnKey:
-        """The official script's key for a turn."""
+        """The official script's key for a turn (made once: every aggregation looks it up)."""
         return (self.story_id, self.turn_id)
 
 
@@ -92,16 +92,24 @@ def exact_match(gold: str, prediction: str) -> int:
 
 def f1_score(gold: str, prediction: str) -> float:
     """Bag-of-tokens F1; when either side has no tokens, 1 if both have none, else 0."""
-    gold_tokens = answer_tokens(gold)
-    pred_tokens = answer_tokens(prediction)
-    same = sum((Counter(gold_tokens) & Counter(pred_tokens)).values())
-    if not gold_tokens or not pred_tokens:
-        return int(gold_tokens == pred_tokens)
+    gold_counts, gold_length = _token_counts(gold)
+    pred_counts, pred_length = _token_counts(prediction)
+    if not gold_length or not pred_length:
+        return int(gold_length == pred_length)
+    # The script's `sum((Counter(gold) & Counter(pred)).values())`: the tokens both share, with multiplicity.
+    same = sum(min(count, pred_counts[token]) for token, count in gold_counts.items() if token in pred_counts)
     if same == 0:
         return 0
-    precision = 1.0 * same / len(pred_tokens)
-    recall = 1.0 * same / len(gold_tokens)
+    precision = 1.0 * same / pred_length
+    recall = 1.0 * same / gold_length
     return (2 * precision * recall) / (precision + recall)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _token_counts(text: str) -> tuple[Counter[str], int]:
+    """Each token's count in the normalised answer, and their number (cached like normalize_answer; read only)."""
+    tokens = answer_tokens(text)
+    return Counter(tokens), len(tokens)
 
 
 def turn_score(golds: Sequence[str], prediction: str) -> TurnScore:
@@ -131,9 +139,19 @@ def score_turns(
     scores: dict[TurnKey, TurnScore] = {}
     for turn in gold:
         if turn.key in predictions:
-            golds = turn.answers[:1] if single_gold else turn.answers
-            scores[turn.key] = turn_score(golds, predictions[turn.key])
+            scores[turn.key] = turn_score(turn.answers[:1] if single_gold else turn.answers, predictions[turn.key])
     return scores
+
+
+def _single_gold_scores(
+    gold: Iterable[GoldTurn], predictions: Mapping[TurnKey, str], official: Mapping[TurnKey, TurnScore]
+) -> dict[TurnKey, TurnScore]:
+    """`score_turns(single_gold=True)`, taking the official score of each turn with one gold answer (the same call)."""
+    return {
+        key: official[key] if len(turn.answers) == 1 else turn_score(turn.answers[:1], predictions[key])
+        for key, turn in _unique_turns(gold).items()  # a key's last turn wins, in its first place, as in score_turns
+        if key in predictions
+    }
 
 
 def _unique_turns(gold: Iterable[GoldTurn]) -> dict[TurnKey, GoldTurn]:
@@ -336,7 +354,7 @@ def model_metrics(
     `overall` and `by_turn_depth` use the protocol's own: the cookbook's when `cookbook`, else the official one.
     """
     official_turns = score_turns(gold, predictions)
-    cookbook_turns = score_turns(gold, predictions, single_gold=True)
+    cookbook_turns = _single_gold_scores(gold, predictions, official_turns)
     official = domain_scores(gold, official_turns)
     single = micro_average(gold, cookbook_turns)
     headline = cookbook_turns if cookbook else official_turns

@@ -11,6 +11,7 @@ from pathlib import Path
 from daemon.errors import DatasetError
 
 Message = dict[str, str]
+FIXED_HISTORY = ("cookbook", "gold-history")  # protocols whose prompts do not depend on the model's answers
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,41 @@ def build_messages(
             messages += [{"role": "user", "content": turn.question}, {"role": "assistant", "content": answer}]
     messages.append({"role": "user", "content": story.turns[upto].question})
     return messages
+
+
+class Prompts:
+    """The prompts of one protocol, each story's history built once: under cookbook and gold-history the history is
+    fixed, so turn k's prompt is a slice of it plus turn k's question (the same messages `build_messages` returns)
+    instead of k new ones per request. own-history prompts depend on the answers and are built each time."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        # By story identity; each entry holds its story, so the id stays that story's while cached.
+        self._built: dict[int, tuple[EvalStory, list[Message], list[int]]] = {}
+
+    def messages(
+        self, story: EvalStory, upto: int, own_answers: Mapping[int, str | None] | None = None
+    ) -> list[Message]:
+        """The prompt for turn index `upto` of `story` (see build_messages)."""
+        if self.protocol not in FIXED_HISTORY:
+            return build_messages(self.protocol, story, upto, own_answers)
+        built = self._built.get(id(story))
+        if built is None:
+            built = self._built[id(story)] = (story, *self._history(story))
+        _, history, cuts = built
+        return [*history[: cuts[upto]], {"role": "user", "content": story.turns[upto].question}]
+
+    def _history(self, story: EvalStory) -> tuple[list[Message], list[int]]:
+        """Every turn's history messages in order, and where each turn's prompt cuts it."""
+        history: list[Message] = [{"role": "system", "content": story.system}]
+        cuts: list[int] = []
+        for turn in story.turns:
+            cuts.append(len(history))
+            if self.protocol == "cookbook":
+                history.append({"role": "user", "content": turn.question})
+            elif turn.answers[0]:
+                history += [
+                    {"role": "user", "content": turn.question},
+                    {"role": "assistant", "content": turn.answers[0]},
+                ]
+        return history, cuts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from daemon.sandbox import SandboxHandle, start_sandbox
 from daemon.spec import JobSpec
 from handlers import evaluate
 from handlers.evaluation import scoring
-from handlers.evaluation.stories import load_eval_file
+from handlers.evaluation.asking import heap_frozen
+from handlers.evaluation.stories import EvalStory, EvalTurn, Prompts, build_messages, load_eval_file
 
 SOURCES = ["mctest", "cnn", "race", "wikipedia", "gutenberg", ""]
 COLORS = ["red", "blue", "green", "white", "black", "yellow", "purple", "orange", "pink", "brown", "gray", "gold"]
@@ -421,6 +423,23 @@ async def test_every_request_failing_fails_with_the_first_error(tmp_path: Path, 
         await evaluate.run(make_ctx(tmp_path / "b", Settings(), spec), inputs)
 
 
+async def test_a_refused_key_while_a_large_round_starts_pauses_and_leaves_no_task(
+    tmp_path: Path, recorder: tuple[Recorder, str]
+) -> None:
+    """A 401 answered while a round is still starting its tasks (more than START_BATCH of them) pauses the step:
+    Paused is raised, the rest of the round is never asked, and no task is left running."""
+    rec, base_url = recorder
+    rec.status = 401
+    write_eval_file(tmp_path / "eval.jsonl", stories=40)  # 480 items, started 64 at a time
+    spec = {"models": ["m"], "endpoints": {"m": {"base_url": base_url}}, "concurrency": 8}
+    with pytest.raises(Paused, match="HTTP 401"):
+        await evaluate.run(
+            make_ctx(tmp_path, Settings(), spec), {"prepare": {"eval_file": str(tmp_path / "eval.jsonl")}}
+        )
+    assert 0 < len(rec.bodies) < 480
+    assert [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("Session.")] == []
+
+
 async def test_missing_endpoint_key_pauses(tmp_path: Path) -> None:
     """An endpoint whose (allowed) api_key_env is not available pauses instead of sending unauthenticated requests."""
     small_stories(tmp_path / "eval.jsonl")
@@ -437,3 +456,28 @@ def test_eval_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text('{"id": "a", "system": "s", "turns": []}\n{"id": "b"}\n')
     with pytest.raises(Exception, match=r"eval.jsonl:2"):
         load_eval_file(path)
+
+
+def test_prompts_built_once_per_story_are_the_prompts_of_build_messages() -> None:
+    """Prompts (history built once per story) gives build_messages' prompts for every protocol and turn, an empty
+    gold answer (left out of gold-history) included, and shares no list between two prompts."""
+    turns = tuple(EvalTurn(n, f"Q{n}", (answer, "alt")) for n, answer in enumerate(["A0", "", "A2", "A3"], start=1))
+    stories = [EvalStory("s1", "race", "SYS", turns), EvalStory("s1", "race", "other", turns[:2])]  # same id twice
+    own = {1: "mine", 2: None, 3: "", 4: "x"}
+    for protocol in ("cookbook", "gold-history", "own-history"):
+        prompts = Prompts(protocol)
+        for _ in range(2):  # built, then from the cache
+            for story in stories:
+                for upto in range(len(story.turns)):
+                    assert prompts.messages(story, upto, own) == build_messages(protocol, story, upto, own)
+        assert prompts.messages(stories[0], 3) is not prompts.messages(stories[0], 3)
+
+
+def test_a_round_freezes_the_heap_it_found_and_thaws_it_after() -> None:
+    """heap_frozen moves the objects that exist before a round out of the collector's way and back after it, also
+    when the round fails."""
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), heap_frozen():
+        assert gc.get_freeze_count() > 0
+        raise RuntimeError("the round failed")
+    assert gc.get_freeze_count() == 0

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from daemon.jobs import state
+from daemon.jobs import itemcommit
+from daemon.jobs.itemcommit import ItemCommits
 from daemon.jobs.state import StateStore
 
 
@@ -26,17 +27,17 @@ async def test_concurrent_saves_share_commits_and_all_land(tmp_path: Path, monke
     """Hundreds of concurrent saves take far fewer commits (big batches via one transaction) and all are stored."""
     store = await StateStore.open(tmp_path / "state.db")
     batches: list[int] = []
-    commit = StateStore._commit_items
+    commit = ItemCommits._commit
 
-    async def counting(self: StateStore, batch: list[Any]) -> None:
+    async def counting(self: ItemCommits, batch: list[Any]) -> None:
         batches.append(len(batch))
         await commit(self, batch)
 
-    monkeypatch.setattr(StateStore, "_commit_items", counting)
-    saves = state.ITEM_ROWS_PER_STATEMENT * 2 + 50
+    monkeypatch.setattr(ItemCommits, "_commit", counting)
+    saves = itemcommit.ITEM_ROWS_PER_STATEMENT * 2 + 50
     await asyncio.gather(*(store.save_item("j", "m", f"s{n}:1", {"prediction": f"a{n}"}) for n in range(saves)))
     assert sum(batches) == saves and len(batches) < 5
-    assert max(batches) > state.ITEM_ROWS_PER_STATEMENT  # the transaction path, not only multi-row statements
+    assert max(batches) > itemcommit.ITEM_ROWS_PER_STATEMENT  # the transaction path, not only multi-row statements
     assert committed(tmp_path / "state.db") == {f"s{n}:1": {"prediction": f"a{n}"} for n in range(saves)}
     assert (await store.load_items("j", "m"))["s7:1"] == {"prediction": "a7"}
     await store.close()
@@ -48,6 +49,49 @@ async def test_each_save_is_visible_to_another_connection_when_it_returns(tmp_pa
     for n in range(3):
         await store.save_item("j", "m", "s1:1", {"prediction": f"v{n}"})
         assert committed(tmp_path / "state.db") == {"s1:1": {"prediction": f"v{n}"}}
+    await store.close()
+
+
+async def test_a_save_whose_caller_is_cancelled_is_still_committed(tmp_path: Path) -> None:
+    """Cancelling the step that saved an item does not cancel its commit; the store's close waits for it."""
+    store = await StateStore.open(tmp_path / "state.db")
+    await store.save_item("j", "m", "s0:1", {"n": 0})  # the next commit now waits out the group-commit interval
+    saves = [asyncio.create_task(store.save_item("j", "m", f"s{n}:1", {"n": n})) for n in (1, 2)]
+    await asyncio.sleep(0)
+    saves[0].cancel()
+    await asyncio.wait_for(saves[1], 5)
+    assert saves[0].cancelled()
+    assert committed(tmp_path / "state.db") == {f"s{n}:1": {"n": n} for n in (0, 1, 2)}
+    cancelled = asyncio.create_task(store.save_item("j", "m", "s3:1", {"n": 3}))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await store.close()
+    assert committed(tmp_path / "state.db")["s3:1"] == {"n": 3}
+
+
+async def test_a_failed_commit_fails_its_saves_and_the_next_ones_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit the disk refuses raises to every save of its batch; saves queued meanwhile get a commit of their own."""
+    store = await StateStore.open(tmp_path / "state.db")
+    execute = store._db.execute
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    async def failing_once(sql: str, parameters: Any = None) -> Any:
+        if failures and sql.startswith("INSERT OR REPLACE INTO items"):
+            later.extend(asyncio.create_task(store.save_item("j", "m", f"t{n}:1", {"n": n})) for n in range(3))
+            await asyncio.sleep(0.05)  # the disk takes its time to refuse; three more saves queue meanwhile
+            raise failures.pop()
+        return await execute(sql, parameters)
+
+    later: list[asyncio.Task[None]] = []
+    monkeypatch.setattr(store._db, "execute", failing_once)
+    first = await asyncio.gather(
+        *(store.save_item("j", "m", f"s{n}:1", {"n": n}) for n in range(2)), return_exceptions=True
+    )
+    assert [type(result) for result in first] == [sqlite3.OperationalError] * 2
+    await asyncio.wait_for(asyncio.gather(*later), 5)
+    assert committed(tmp_path / "state.db") == {f"t{n}:1": {"n": n} for n in range(3)}
     await store.close()
 
 

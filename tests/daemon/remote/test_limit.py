@@ -37,6 +37,27 @@ def test_flat_latency_grows_the_limit_to_the_ceiling_and_rising_latency_lowers_i
     assert summary["final"] == int(limit.limit) and len(summary["history"]) > 5  # type: ignore[arg-type]
 
 
+def test_slow_start_doubles_per_round_trip_until_the_first_slow_answer_or_timeout() -> None:
+    """From 4, each answer within tolerance x floor adds one (4 -> 8 -> 16 in two round trips); the first answer
+    slower than that hands over to the gradient for good, as does a timeout."""
+    limit = ConcurrencyLimit(64)
+    for _ in range(2):  # two round trips: every request of the round answers at the floor latency
+        for _ in range(int(limit.limit)):
+            loaded(limit)
+            limit.succeeded(0.05)
+    assert limit.limit == 16 and limit.slow_start
+    loaded(limit)
+    limit.succeeded(0.2)  # queueing: 4x the floor
+    assert not limit.slow_start and limit.limit < 16
+    before = limit.limit
+    loaded(limit)
+    limit.succeeded(0.05)  # the gradient's step now, not one more
+    assert before < limit.limit < before + 1
+    timed_out = ConcurrencyLimit(64)
+    timed_out.dropped(0)
+    assert not timed_out.slow_start and timed_out.limit == 2
+
+
 def test_app_limited_answers_do_not_grow_the_limit() -> None:
     """Answers while less than half the limit is used say nothing about more load: the limit stays put."""
     limit = ConcurrencyLimit(32, tuning=LimitTuning(initial=10))

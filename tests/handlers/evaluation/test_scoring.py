@@ -392,6 +392,24 @@ def test_cookbook_single_gold_micro_average() -> None:
     assert result == {"em": round(1 / 4, 4), "f1": round((2 / 3 + 1) / 4, 4), "turns": 4}
 
 
+def test_model_metrics_reuses_single_gold_scores_only_where_they_are_the_same_call() -> None:
+    """model_metrics' cookbook block and headline scores equal score_turns(single_gold=True) on turns with one and
+    several golds, a duplicate key whose last turn has one gold, and a turn with no prediction."""
+    rng = random.Random(21)
+    gold = [
+        scoring.GoldTurn("s", t, "race", tuple(_answer(rng) for _ in range(rng.choice([1, 1, 4])))) for t in range(40)
+    ]
+    gold += [scoring.GoldTurn("s", 3, "race", ("pale", "white")), scoring.GoldTurn("s", 3, "race", ("white",))]
+    gold += [scoring.GoldTurn("s", 5, "race", ("white",)), scoring.GoldTurn("s", 5, "race", ("pale", "white"))]
+    preds = {turn.key: rng.choice([turn.answers[-1], _answer(rng), "pale"]) for turn in gold if turn.turn_id != 7}
+    preds[("s", 3)] = preds[("s", 5)] = "white"  # the duplicates' first golds differ from their last ones'
+    expected = scoring.score_turns(gold, preds, single_gold=True)
+    metrics, headline = scoring.model_metrics(gold, preds, cookbook=True)
+    assert list(headline.items()) == list(expected.items())
+    assert metrics["cookbook"] == scoring.micro_average(gold, expected)
+    assert scoring.model_metrics(gold, preds, cookbook=False)[1] == scoring.score_turns(gold, preds)
+
+
 def test_depth_buckets_and_deltas() -> None:
     """Turns fall into 1, 2-3, 4-6, 7-10, 11+; deltas are model minus reference per bucket and overall."""
     assert [scoring.depth_bucket(t) for t in (1, 2, 3, 4, 6, 7, 10, 11, 25)] == [
