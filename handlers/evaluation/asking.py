@@ -224,17 +224,26 @@ async def _one_round(session: Session, targets: list[Target], stories: list[Eval
         raise paused.exceptions[0] from None
 
 
+_rounds_frozen = 0  # rounds running under heap_frozen (jobs evaluate at once): the last one out thaws
+
+
 @contextlib.contextmanager
 def heap_frozen() -> Iterator[None]:
     """The garbage collector leaves the objects that exist before a round alone while it runs (`gc.freeze`), and
     collects them as usual after it (`gc.unfreeze`). The daemon's modules and state are tens of thousands of objects
     that each full collection would walk in the middle of a wave of answers (two per 3,000 answers, 27 ms each on the
-    2-core machine); what the round allocates is collected as usual."""
+    2-core machine); what the round allocates is collected as usual. Another job's round running meanwhile keeps
+    the heap frozen until it ends too. (The thaw also returns what `finetuned run` froze at start-up to the
+    collector: the freeze is an optimisation, never needed to keep anything alive.)"""
+    global _rounds_frozen  # noqa: PLW0603 - one count for the process, as the collector is one
+    _rounds_frozen += 1
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        _rounds_frozen -= 1
+        if not _rounds_frozen:
+            gc.unfreeze()
 
 
 @dataclass(frozen=True)

@@ -481,3 +481,12 @@ def test_a_round_freezes_the_heap_it_found_and_thaws_it_after() -> None:
         assert gc.get_freeze_count() > 0
         raise RuntimeError("the round failed")
     assert gc.get_freeze_count() == 0
+
+
+def test_overlapping_rounds_keep_the_heap_frozen_until_the_last_ends() -> None:
+    """Two jobs' rounds at once: the first to end leaves the heap frozen for the other; the last thaws it."""
+    with heap_frozen():
+        with heap_frozen():
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
