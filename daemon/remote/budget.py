@@ -6,11 +6,11 @@ with one key draw on one budget, so they must also pace from one. `shared_budget
 
 What the budget knows comes from the answers' headers (see daemon.remote.chat.RateHints):
 * a 429's `Retry-After` (or an answer with nothing remaining and `x-ratelimit-reset`) holds every send for that long;
-* once `x-ratelimit-remaining`, less what went out after the answer was counted, would not cover the requests in
-  flight or waiting to go (of every client) plus a reserve (`RESERVE_SHARE` of a minute's budget, so a send
-  delayed by a busy machine and the next arriving close together are still both admitted), sends go out no
-  faster than the refill (`x-ratelimit-limit` a minute, `PACE_SLACK` slower), and stop being spaced once the budget
-  has twice that again;
+* once `x-ratelimit-remaining`, less what went out after the provider counted it (the requests sent after the
+  answered one, by send order; those sent before it are in the count already), would not cover the requests
+  waiting to go (of every client) plus a reserve (`RESERVE_SHARE` of a minute's budget, so a send delayed by a busy
+  machine and the next arriving close together are still both admitted), sends go out no faster than the refill
+  (`x-ratelimit-limit` a minute, `PACE_SLACK` slower), and stop being spaced once the budget has twice that again;
 * the same for tokens (`x-tokenlimit-*`, Together; `x-ratelimit-*-tokens`, OpenAI), spacing by the tokens a
   request has cost so far (prompt and answer, smoothed).
 
@@ -50,7 +50,8 @@ class RateBudget:
 
     def __init__(self, name: str = "", *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         self.name = name
-        self.in_flight = 0
+        self.in_flight = 0  # from `turn` to `returned`: waiting for a turn, or on the wire
+        self.waiting = 0  # of those, not sent yet: no answer's `remaining` has counted them
         self.sends = 0  # requests let through so far; an answer's `remaining` predates those sent after it
         self.tokens_per_request: float | None = None
         self.paced_sends = 0
@@ -73,12 +74,15 @@ class RateBudget:
         `learn`). The request counts in flight from the call (a request waiting for its turn will go out, so the
         budget must cover it too) until `returned`."""
         self.in_flight += 1
+        self.waiting += 1
         try:
             while (pause_s := max(self._not_before, self._next_send) - self._clock()) > 0:
                 await self._sleep(pause_s)
         except BaseException:
             self.in_flight -= 1
             raise
+        finally:
+            self.waiting -= 1
         interval_s = self.interval_s
         if interval_s:
             self.paced_sends += 1
@@ -101,7 +105,8 @@ class RateBudget:
         """Pace from an answer's request and token windows; `spent_tokens` is what that request cost, `sent_as`
         its place in the send order (from `turn`): the provider counted its `remaining` before the requests sent
         after it, which a burst of answers read late would otherwise hide."""
-        later = max(0, self.sends - sent_as) if sent_as is not None else 0
+        # Not in the answer's count yet: the requests waiting to go; without the send order, every one in flight.
+        later, pending = (max(0, self.sends - sent_as), self.waiting) if sent_as is not None else (0, self.in_flight)
         if spent_tokens:
             previous = self.tokens_per_request
             self.tokens_per_request = (
@@ -109,10 +114,10 @@ class RateBudget:
                 if previous is None
                 else previous * (1 - TOKEN_SMOOTHING) + spent_tokens * TOKEN_SMOOTHING
             )
-        self._request_interval_s = self._interval(requests, 1.0, later, self._request_interval_s, "requests")
+        self._request_interval_s = self._interval(requests, 1.0, (later, pending), self._request_interval_s, "requests")
         if tokens is not None and self.tokens_per_request:
             self._token_interval_s = self._interval(
-                tokens, self.tokens_per_request, later, self._token_interval_s, "tokens"
+                tokens, self.tokens_per_request, (later, pending), self._token_interval_s, "tokens"
             )
 
     def cool_down(self, wait_s: float | None) -> None:
@@ -125,12 +130,16 @@ class RateBudget:
         """The budget's story for metrics.json: whether another client shared it, how often it paced or held."""
         return {"shared": self.users > 1, "paced_sends": self.paced_sends, "cooldowns": self.cooldowns}
 
-    def _interval(self, window: Window, per_request: float, later: int, current: float, what: str) -> float:
+    def _interval(
+        self, window: Window, per_request: float, unseen: tuple[int, int], current: float, what: str
+    ) -> float:
+        """The spacing after one answer; `unseen` = (requests sent after the answered one, requests still to go)."""
         if window.remaining is None or not window.limit_per_min:
             return current
         limit_per_min = window.limit_per_min
+        later, pending = unseen
         remaining = window.remaining - later * per_request  # what is left once the later sends are counted
-        needed = (self.in_flight + 1) * per_request + RESERVE_SHARE * limit_per_min
+        needed = (pending + 1) * per_request + RESERVE_SHARE * limit_per_min
         if remaining <= needed:
             interval_s = PACE_SLACK * 60.0 * per_request / limit_per_min
             if interval_s != current:
