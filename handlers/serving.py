@@ -30,7 +30,14 @@ import structlog
 from daemon.errors import FinetunedError
 from daemon.jobs.context import JobContext, JournalKey, StepInputs, StepOutput
 from daemon.money import usd
-from daemon.remote.api import Clock, EndpointState, EndpointUsage, FineTuneAPI, RemoteEndpoint, Surface
+from daemon.remote.api import (
+    ENDPOINT_STOPPED_STATES,
+    Clock,
+    EndpointUsage,
+    FineTuneAPI,
+    RemoteEndpoint,
+    Surface,
+)
 from daemon.remote.backoff import retry
 from daemon.spool.files import atomic_write_json
 
@@ -38,7 +45,6 @@ DISPLAY_PREFIX = "finetuned-"  # every endpoint this daemon creates: display_nam
 ENDPOINT_FILE = "endpoint.json"
 STOP_MARGIN_S = 10.0  # the guard stops this long (provider time) before an unpaid minute would start
 GUARD_MIN_WAIT_S, GUARD_MAX_WAIT_S = 0.01, 60.0  # between the guard's reads of the endpoint, on the daemon's clock
-ENDED = frozenset({EndpointState.STOPPING, EndpointState.STOPPED, EndpointState.ERROR})
 Reader = Callable[[], Awaitable[RemoteEndpoint | None]]
 METRICS_FILE = "metrics.json"
 CLOCK_WORDS: dict[str, str] = {
@@ -124,7 +130,7 @@ class SpendGuard:
         except FinetunedError as exc:
             log.warning("endpoint_guard_read_failed", endpoint_id=self.endpoint_id, error=str(exc))
             return GUARD_MAX_WAIT_S / 4
-        if endpoint is None or endpoint.state in ENDED:
+        if endpoint is None or endpoint.state in ENDPOINT_STOPPED_STATES:
             return None
         now_s = time.time()
         start, seen = endpoint.created_s, endpoint.observed_s

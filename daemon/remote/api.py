@@ -95,6 +95,12 @@ class EndpointState(StrEnum):
     ERROR = "ERROR"
 
 
+# An endpoint in one of these no longer bills (or is about to stop): nothing left to stop, only to delete.
+ENDPOINT_STOPPED_STATES: frozenset[EndpointState] = frozenset(
+    {EndpointState.STOPPING, EndpointState.STOPPED, EndpointState.ERROR}
+)
+
+
 class Surface(StrEnum):
     """Which API an endpoint lives on: the SDK's project-scoped one, or the contract's `/v1/endpoints`."""
 

@@ -20,9 +20,9 @@ import httpx
 
 from daemon.errors import RemoteRejected
 from daemon.remote.api import (
+    ENDPOINT_STOPPED_STATES,
     Clock,
     EndpointRequest,
-    EndpointState,
     EndpointUsage,
     HardwareOption,
     RemoteEndpoint,
@@ -204,7 +204,7 @@ class EndpointWire(RawWire):
                 return None
             raise
         current = RemoteEndpoint.from_json(body)
-        if current.state not in STOPPED_STATES:
+        if current.state not in ENDPOINT_STOPPED_STATES:
             body, answered_s = await self._dated("stop endpoint", "patch", path, body={"state": "STOPPED"})
         used = usage(body if isinstance(body, dict) else {}, answered_s, current.created_s)
         try:
@@ -213,6 +213,3 @@ class EndpointWire(RawWire):
             if exc.http_status != 404:
                 raise
         return used
-
-
-STOPPED_STATES = frozenset({EndpointState.STOPPING, EndpointState.STOPPED, EndpointState.ERROR})

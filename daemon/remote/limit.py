@@ -159,7 +159,7 @@ class ConcurrencyLimit:
         sent_as: int | None = None,
     ) -> None:
         """Follow the provider's budget before it refuses (see RateBudget.learn): once `x-ratelimit-remaining` would
-        not cover the requests in flight, sends go no faster than its refill; with budget to spare, unspaced."""
+        not cover the requests still to go, sends go no faster than its refill; with budget to spare, unspaced."""
         self.budget.learn(Window(remaining, limit_per_min), tokens, spent_tokens=spent_tokens, sent_as=sent_as)
 
     def cool_down(self, wait_s: float | None) -> None:

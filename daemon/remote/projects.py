@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.errors import RemoteRejected
 from daemon.remote.api import (
+    ENDPOINT_STOPPED_STATES,
     EndpointRequest,
     EndpointState,
     EndpointUsage,
@@ -36,7 +37,6 @@ STATES = {
     "DEPLOYMENT_STATE_STOPPED": EndpointState.STOPPED,
 }
 MIN_INACTIVE_MIN, MAX_INACTIVE_MIN = 30, 1440  # deployment_create_params.inactive_timeout
-STOPPED = frozenset({EndpointState.STOPPING, EndpointState.STOPPED, EndpointState.ERROR})
 
 
 def _dict(item: Any) -> dict[str, Any]:
@@ -249,7 +249,7 @@ class ProjectWire:
     async def _delete_deployment(self, endpoint_id: str, deployment_id: str) -> EndpointUsage:
         current, _ = await self._deployment(endpoint_id, deployment_id)
         stopped, answered_s = current, None
-        if deployment_state(current) not in STOPPED:
+        if deployment_state(current) not in ENDPOINT_STOPPED_STATES:
             stopped, answered_s = await self._scale_to_zero(endpoint_id, deployment_id)
         deployments = self._client.endpoints.deployments
         await self._call(
