@@ -11,6 +11,7 @@ What the budget knows comes from the answers' headers (see daemon.remote.chat.Ra
   waiting to go (of every client) plus a reserve (`RESERVE_SHARE` of a minute's budget, so a send delayed by a busy
   machine and the next arriving close together are still both admitted), sends go out no faster than the refill
   (`x-ratelimit-limit` a minute, `PACE_SLACK` slower), and stop being spaced once the budget has twice that again;
+  between answers, each send counts that estimate down, so spacing starts in time when answers come late;
 * the same for tokens (`x-tokenlimit-*`, Together; `x-ratelimit-*-tokens`, OpenAI), spacing by the tokens a
   request has cost so far (prompt and answer, smoothed).
 
@@ -60,14 +61,14 @@ class RateBudget:
         self._clock = clock
         self._sleep = sleep
         self._not_before = 0.0
-        self._request_interval_s = 0.0
-        self._token_interval_s = 0.0
+        self._requests = _Pace(name, "requests")
+        self._tokens = _Pace(name, "tokens")
         self._next_send = 0.0
 
     @property
     def interval_s(self) -> float:
         """The spacing between sends now (0: none)."""
-        return max(self._request_interval_s, self._token_interval_s)
+        return max(self._requests.interval_s, self._tokens.interval_s)
 
     async def turn(self) -> int:
         """Wait until this provider may be sent the next request; returns its place in the send order (for
@@ -83,6 +84,8 @@ class RateBudget:
             raise
         finally:
             self.waiting -= 1
+        for pace in (self._requests, self._tokens):  # between answers, count down what the latest one said was left
+            pace.anticipate(self.sends, self.waiting)
         interval_s = self.interval_s
         if interval_s:
             self.paced_sends += 1
@@ -114,11 +117,9 @@ class RateBudget:
                 if previous is None
                 else previous * (1 - TOKEN_SMOOTHING) + spent_tokens * TOKEN_SMOOTHING
             )
-        self._request_interval_s = self._interval(requests, 1.0, (later, pending), self._request_interval_s, "requests")
+        self._requests.learn(requests, 1.0, later, pending, self.sends)
         if tokens is not None and self.tokens_per_request:
-            self._token_interval_s = self._interval(
-                tokens, self.tokens_per_request, (later, pending), self._token_interval_s, "tokens"
-            )
+            self._tokens.learn(tokens, self.tokens_per_request, later, pending, self.sends)
 
     def cool_down(self, wait_s: float | None) -> None:
         """Send nothing for `wait_s` seconds (the provider's window is used up, or it is down)."""
@@ -130,31 +131,56 @@ class RateBudget:
         """The budget's story for metrics.json: whether another client shared it, how often it paced or held."""
         return {"shared": self.users > 1, "paced_sends": self.paced_sends, "cooldowns": self.cooldowns}
 
-    def _interval(
-        self, window: Window, per_request: float, unseen: tuple[int, int], current: float, what: str
-    ) -> float:
-        """The spacing after one answer; `unseen` = (requests sent after the answered one, requests still to go)."""
+
+class _Pace:
+    """The spacing of sends for one metered quantity (requests, or tokens), and what it last knew was left: the
+    latest answer's `remaining`, less the sends after it, anchored at the send count when it was read; each later
+    send counts it down (`anticipate`), so pacing starts in time even when answers arrive late (a fast provider
+    answering a burst, or a busy event loop)."""
+
+    def __init__(self, provider: str, what: str) -> None:
+        self.provider, self.what = provider, what
+        self.interval_s = 0.0
+        self._left = 0.0  # units left when the anchor was set
+        self._anchor = -1  # the send count then; -1: nothing known yet
+        self._limit_per_min = 0
+        self._per_request = 1.0
+
+    def learn(self, window: Window, per_request: float, later: int, pending: int, sends: int) -> None:
+        """One answer's window; `later` requests went out after the answered one, `pending` are still to go."""
         if window.remaining is None or not window.limit_per_min:
-            return current
-        limit_per_min = window.limit_per_min
-        later, pending = unseen
-        remaining = window.remaining - later * per_request  # what is left once the later sends are counted
-        needed = (pending + 1) * per_request + RESERVE_SHARE * limit_per_min
-        if remaining <= needed:
-            interval_s = PACE_SLACK * 60.0 * per_request / limit_per_min
-            if interval_s != current:
-                log.info(
-                    "rate_paced",
-                    provider=self.name,
-                    by=what,
-                    interval_ms=round(interval_s * 1000, 1),
-                    remaining=round(remaining),
-                )
-            return interval_s
-        if remaining > 2 * needed and current:
-            log.info("rate_pace_lifted", provider=self.name, by=what, remaining=round(remaining))
-            return 0.0
-        return current
+            return
+        self._left, self._anchor = window.remaining - later * per_request, sends
+        self._limit_per_min, self._per_request = window.limit_per_min, per_request
+        needed = self._needed(pending)
+        if self._left <= needed:
+            self._pace()
+        elif self._left > 2 * needed and self.interval_s:
+            log.info("rate_pace_lifted", provider=self.provider, by=self.what, remaining=round(self._left))
+            self.interval_s = 0.0
+
+    def anticipate(self, sends: int, pending: int) -> None:
+        """Before a send: pace once what the latest answer left, less the sends since, would not cover the rest."""
+        if self._anchor >= 0 and not self.interval_s:
+            left = self._left - (sends - self._anchor) * self._per_request
+            if left <= self._needed(pending):
+                self._pace(left)
+
+    def _needed(self, pending: int) -> float:
+        return (pending + 1) * self._per_request + RESERVE_SHARE * self._limit_per_min
+
+    def _pace(self, left: float | None = None) -> None:
+        interval_s = PACE_SLACK * 60.0 * self._per_request / self._limit_per_min
+        if interval_s != self.interval_s:
+            remaining = round(self._left if left is None else left)
+            log.info(
+                "rate_paced",
+                provider=self.provider,
+                by=self.what,
+                interval_ms=round(interval_s * 1000, 1),
+                remaining=remaining,
+            )
+        self.interval_s = interval_s
 
 
 _SHARED: weakref.WeakValueDictionary[tuple[str, str], RateBudget] = weakref.WeakValueDictionary()

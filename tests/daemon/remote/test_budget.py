@@ -76,6 +76,20 @@ async def test_an_answer_read_late_counts_the_requests_sent_after_it() -> None:
     assert abs(budget.interval_s - 0.101) < 1e-9
 
 
+async def test_sends_between_answers_count_the_budget_down() -> None:
+    """An answer left 20 of 600 a minute; no other answer comes, yet the sends after it use the 20 up: the budget
+    spaces sends once what is left (less the 2 % reserve of 12) would not cover the next one."""
+    budget = RateBudget("p")
+    order = await budget.turn()
+    budget.learn(Window(20, 600), sent_as=order)
+    assert budget.interval_s == 0.0
+    for _ in range(7):
+        await budget.turn()
+    assert budget.interval_s == 0.0  # 20 - 6 = 14 left when the 7th went: more than it and the reserve of 12
+    await budget.turn()
+    assert abs(budget.interval_s - 0.101) < 1e-9  # 13 left at the 8th: from it on, sends are spaced
+
+
 async def test_two_clients_on_one_key_share_the_rate_and_earn_almost_no_429() -> None:
     """Two evaluations at once (two ChatClients, 64 in flight each) against a sandbox allowing 600 requests a
     minute: every request is answered and at most 2 % are refused, because both pace from one budget."""
